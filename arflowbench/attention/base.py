@@ -1,0 +1,102 @@
+"""The attention backend contract.
+
+A backend is an `nn.Module` built as ``Backend(dim, num_heads, chunk_size, **options)`` where
+``options`` are validated by the backend's pydantic ``Config``.
+
+- ``forward(x, cond=None) -> y`` with ``x: (B, L, D)`` and ``L`` a multiple of ``chunk_size``.
+  Tokens are grouped in chunks of ``chunk_size`` (one chunk = one image). The output for chunk c
+  depends only on chunks <= c (chunk-causal). SiT uses one chunk per sequence, so the contract
+  also covers bidirectional attention inside one image. ``cond: (B, L, D)`` is an optional
+  per-token conditioning signal (ARFlow's decay gate reads it).
+- ``init_state(batch_size, device=None)`` and ``step(x_chunk, state, cond=None) -> (y, state)``
+  process one chunk at a time with a carried state. ``step`` is *pure*: it never mutates the
+  state it is given and returns a new one. Samplers rely on this (a Heun probe evaluation
+  discards the state it produced). Feeding chunks one by one through ``step`` gives the same
+  outputs as ``forward`` on the whole sequence.
+- ``implementation`` names what actually runs for the tensors seen last (e.g. "reference (CPU)",
+  "fla chunk kernel"); the run record stores it. Never a silent fallback.
+- ``reference(x, cond)`` is the slow, obvious plain-PyTorch implementation used by the
+  conformance suite for parity.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from arflowbench.errors import ConfigError
+from arflowbench.plugins import Availability, PluginBase
+
+
+class AttentionBackend(PluginBase, nn.Module):
+    """Base class of every attention backend (see the module docstring for the contract)."""
+
+    #: needs a CUDA device to run at all
+    requires_cuda: ClassVar[bool] = False
+    #: implements init_state/step
+    supports_step: ClassVar[bool] = True
+
+    def __init__(self, dim: int, num_heads: int, chunk_size: int, **options: Any):
+        nn.Module.__init__(self)
+        if dim % num_heads:
+            raise ConfigError(f"{self.name}: dim {dim} is not divisible by num_heads {num_heads}")
+        if chunk_size < 1:
+            raise ConfigError(f"{self.name}: chunk_size must be >= 1, got {chunk_size}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.chunk_size = chunk_size
+        self.config = self.Config(**options)
+        self.implementation = self.availability().implementation
+
+    # -- checks shared by every backend -------------------------------------------------
+    def check_sequence(self, x: torch.Tensor) -> int:
+        """Validate a (B, L, D) input and return the number of chunks L // chunk_size."""
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"{self.name}: expected (B, L, {self.dim}), got {tuple(x.shape)}")
+        if x.shape[1] % self.chunk_size:
+            raise ValueError(
+                f"{self.name}: sequence length {x.shape[1]} is not a multiple of "
+                f"chunk_size {self.chunk_size}"
+            )
+        return x.shape[1] // self.chunk_size
+
+    def check_chunk(self, x: torch.Tensor) -> None:
+        """Validate a (B, chunk_size, D) input to `step`."""
+        if x.dim() != 3 or x.shape[1] != self.chunk_size or x.shape[-1] != self.dim:
+            raise ValueError(
+                f"{self.name}.step: expected a chunk of shape (B, {self.chunk_size}, {self.dim}), "
+                f"got {tuple(x.shape)}"
+            )
+
+    # -- the contract -------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> Any:
+        raise NotImplementedError
+
+    def step(
+        self, x: torch.Tensor, state: Any, cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def reference(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Slow plain-PyTorch implementation with the same parameters as `forward`."""
+        raise NotImplementedError
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(True, "pytorch")
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def chunk_causal_mask(num_chunks: int, chunk_size: int, device=None) -> torch.Tensor:
+    """(L, L) boolean mask, True where query i may attend key j (chunk(j) <= chunk(i))."""
+    chunk_id = torch.arange(num_chunks * chunk_size, device=device) // chunk_size
+    return chunk_id[None, :] <= chunk_id[:, None]

@@ -1,0 +1,191 @@
+"""One matrix cell, end to end, in its own process: resolve, train (or resume), sample, evaluate,
+append one result row. Run as ``python -m arflowbench.cell JOB.json``.
+
+Exit codes: 0 ok; 2 a user error (bad config, missing data, NaN loss), recorded as a failed row;
+1 an unexpected crash, recorded as a failed row with the traceback's last line. A process killed
+by a signal writes nothing: the runner records that failure.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arflowbench.config import RunSpec, RuntimeOptions
+from arflowbench.data.base import to_uint8
+from arflowbench.errors import ArflowbenchError, PluginUnavailableError
+from arflowbench.resolve import Resolved, resolve
+from arflowbench.results import (
+    ARTIFACTS_DIR,
+    RUNS_FILE,
+    SCHEMA_VERSION,
+    STATUS_FAILED,
+    STATUS_OK,
+    append_row,
+    environment_stamp,
+    now_iso,
+)
+from arflowbench.trainer import train
+from arflowbench.ui import progress_bar
+
+CHECKPOINT = "checkpoint.pt"
+SAMPLES = "samples.png"
+LOSS_LOG = "loss.csv"
+#: points kept of the loss curve in the row (the full log is an artifact)
+CURVE_POINTS = 200
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def smoothed(losses: list[float], window: int = 20) -> float:
+    tail = losses[-window:]
+    return sum(tail) / len(tail)
+
+
+def downsample(losses: list[float], points: int = CURVE_POINTS) -> list[list[float]]:
+    stride = max(1, len(losses) // points)
+    idx = list(range(0, len(losses), stride))
+    if idx[-1] != len(losses) - 1:
+        idx.append(len(losses) - 1)
+    return [[i + 1, losses[i]] for i in idx]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(torch.tensor(values, dtype=torch.float64).quantile(q)) if values else float("nan")
+
+
+def save_grid(images: torch.Tensor, per_row: int, path: Path, min_side: int = 32) -> None:
+    """uint8 (N, C, H, W) -> PNG grid, one class per row, upscaled so tiny images stay visible."""
+    from torchvision.utils import save_image
+
+    scale = max(1, min_side // images.shape[-1])
+    imgs = images.float().div(255)
+    if scale > 1:
+        imgs = torch.nn.functional.interpolate(imgs, scale_factor=scale, mode="nearest")
+    save_image(imgs, path, nrow=per_row, padding=2, pad_value=1.0)
+
+
+def sample_images(res: Resolved, model, labels: torch.Tensor, device: str, seed: int,
+                  batch_size: int) -> tuple[torch.Tensor, int, float]:
+    """Generate images for `labels` in batches; returns uint8 images, NFE per image, seconds."""
+    s = res.spec.sample
+    g = torch.Generator().manual_seed(seed)
+    out, nfe, t0 = [], 0, time.perf_counter()
+    for i in range(0, len(labels), batch_size):
+        r = res.formulation.sample(model, labels[i : i + batch_size].to(device), s.steps, s.sampler,
+                                   s.cfg_scale, g, rtol=s.rtol, atol=s.atol)
+        out.append(to_uint8(r.images).cpu())
+        nfe = r.nfe
+    return torch.cat(out), nfe, time.perf_counter() - t0
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell; returns the row (also appended to runs.jsonl)."""
+    spec = RunSpec.model_validate(job["spec"])
+    runtime = RuntimeOptions.model_validate(job["runtime"])
+    device = runtime.resolved_device()
+    results_dir = Path(runtime.results_dir)
+    row: dict[str, Any] = {
+        "schema": SCHEMA_VERSION, "kind": "run", "run_id": job["run_id"], "matrix": runtime.matrix,
+        "cell": job.get("cell", {}), "spec": spec.model_dump(mode="json"), "started": now_iso(),
+        "env": environment_stamp(device), "metrics": {}, "curves": {}, "artifacts": {},
+        "error": None,
+    }
+    t_start = time.perf_counter()
+    try:
+        res = resolve(spec, runtime)
+        if res.run_id != job["run_id"]:
+            raise ArflowbenchError(f"run_id mismatch: runner {job['run_id']}, cell {res.run_id}")
+        row["spec"] = res.spec.model_dump(mode="json")
+        row["plugins"] = {
+            "attention": {"name": spec.attention.name, "version": res.versions["attention"],
+                          "implementation": res.attention_implementation},
+            "formulation": {"name": spec.formulation.name, "version": res.versions["formulation"]},
+            "dataset": {"name": spec.data.name, "version": res.versions["dataset"]},
+        }
+        if res.unavailable:
+            raise PluginUnavailableError(f"attention {spec.attention.name!r} is unavailable "
+                                         f"here: {res.unavailable}")
+        row["metrics"].update(_train_sample_eval(res, runtime, device, results_dir, row))
+        row["status"] = STATUS_OK
+    except ArflowbenchError as err:
+        row.update(status=STATUS_FAILED, error=f"{type(err).__name__}: {err}")
+    except Exception as err:  # noqa: BLE001 - any crash fails this one cell, recorded
+        row.update(status=STATUS_FAILED, error=f"{type(err).__name__}: {err}",
+                   traceback=traceback.format_exc()[-4000:])
+    row["finished"] = now_iso()
+    row["duration_s"] = round(time.perf_counter() - t_start, 3)
+    append_row(results_dir / RUNS_FILE, row)
+    return row
+
+
+def _train_sample_eval(res: Resolved, runtime: RuntimeOptions, device: str, results_dir: Path,
+                       row: dict) -> dict[str, Any]:
+    spec = res.spec
+    art = results_dir / ARTIFACTS_DIR / res.run_id
+    art.mkdir(parents=True, exist_ok=True)
+    data = res.dataset.load("train")
+    torch.manual_seed(spec.train.seed)  # model init
+    model = res.build_model("cpu")
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    # the implementation that actually runs is known once tensors are on the device
+    with progress_bar(f"train {res.run_id}", spec.train.steps, runtime.progress) as bar:
+        ema, tr = train(model, res.formulation, data, spec.train, run_id=res.run_id,
+                        checkpoint_path=art / CHECKPOINT, device=device,
+                        checkpoint_every=runtime.checkpoint_every, progress=bar,
+                        stop_after=runtime.stop_after)
+    if not tr.finished:
+        raise ArflowbenchError(f"stopped after {runtime.stop_after} steps (stop_after)")
+    (art / LOSS_LOG).write_text("step,loss\n" + "".join(
+        f"{i + 1},{v!r}\n" for i, v in enumerate(tr.losses)))
+    row["curves"]["loss"] = downsample(tr.losses)
+    row["plugins"]["attention"]["implementation"] = model.attention_implementation
+    ips = [spec.train.batch_size / t for t in tr.step_times]
+    metrics: dict[str, Any] = {
+        "param_count": res.param_count,
+        "train_loss_final": tr.losses[-1],
+        "train_loss_smoothed": smoothed(tr.losses),
+        "train_images_per_s": percentile(ips, 0.5),
+        "train_images_per_s_p20": percentile(ips, 0.2),
+        "train_images_per_s_p80": percentile(ips, 0.8),
+        "resumed_from_step": tr.resumed_from,
+    }
+    # sample grid: grid_per_class images of every class, one row per class
+    s = spec.sample
+    n_cls = res.dataset.num_classes
+    labels = torch.arange(n_cls).repeat_interleave(s.grid_per_class)
+    imgs, nfe, secs = sample_images(res, ema, labels, device, s.seed, batch_size=len(labels))
+    save_grid(imgs, s.grid_per_class, art / SAMPLES)
+    row["artifacts"] = {"samples": f"{ARTIFACTS_DIR}/{res.run_id}/{SAMPLES}",
+                        "loss_log": f"{ARTIFACTS_DIR}/{res.run_id}/{LOSS_LOG}"}
+    metrics.update(nfe=nfe, sampler=s.sampler, cfg_scale=s.cfg_scale,
+                   sample_images_per_s=len(labels) / secs)
+    metrics["peak_memory_mb"] = peak_memory_mb(device)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(argv[0]).read_text())
+    torch.set_num_threads(job.get("threads") or torch.get_num_threads())
+    row = run_job(job)
+    if row["status"] == STATUS_OK:
+        return 0
+    print(f"error: {row['error']}", file=sys.stderr)
+    return 1 if "traceback" in row else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

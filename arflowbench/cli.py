@@ -1,0 +1,130 @@
+"""The `arflowbench` command line.
+
+Every user error ends as one line ``error: ...`` on stderr and exit code 2; ``--debug`` (anywhere
+on the command line) shows the full traceback instead. Heavy modules are imported inside the
+commands so that `arflowbench ls` and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from arflowbench.errors import ArflowbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark and ablation suite for autoregressive flow-matching generators.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write rows to the results store.")
+app.add_typer(bench_app, name="bench")
+
+RESULTS = typer.Option(Path("results"), "--results-dir", help="results store (runs.jsonl, artifacts/)")
+DATA_ROOT = typer.Option(None, "--data-root", help="dataset files (else $ARFLOWBENCH_DATA)")
+
+
+class Executor(str, Enum):
+    local = "local"
+    submitit = "submitit"
+
+
+def _runtime(results_dir: Path, data_root: Path | None, **kw):
+    from arflowbench.config import RuntimeOptions
+
+    return RuntimeOptions(results_dir=results_dir, data_root=data_root, **kw)
+
+
+@app.command()
+def validate(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
+             results_dir: Path = RESULTS, data_root: Path | None = DATA_ROOT) -> None:
+    """Expand and check a matrix: one line per cell with its run_id and whether it is cached."""
+    from arflowbench.config import Matrix
+    from arflowbench.runner import plan
+
+    m = Matrix.from_file(matrix)
+    for p in plan(m, _runtime(results_dir, data_root), warn=lambda s: typer.echo(s, err=True)):
+        state = "cached" if p.cached else "to run"
+        if p.resolved.unavailable:
+            state = f"unavailable: {p.resolved.unavailable}"
+        typer.echo(f"{p.cell.index:3d}  {p.resolved.run_id}  {state:8s}  {p.label}")
+
+
+@app.command()
+def run(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
+        results_dir: Path = RESULTS, data_root: Path | None = DATA_ROOT,
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        checkpoint_every: int = typer.Option(100, help="steps between checkpoints"),
+        progress: bool = typer.Option(True, help="show progress bars"),
+        executor: Executor = typer.Option(Executor.local, help="local subprocesses or submitit"),
+        slurm_partition: str | None = typer.Option(None, help="submitit: Slurm partition"),
+        submitit_cluster: str | None = typer.Option(
+            None, help="submitit: 'slurm', or 'local' to run the Slurm path on this machine")) -> None:
+    """Train, sample and evaluate every cell of a matrix; finished cells are skipped."""
+    from arflowbench.config import Matrix
+    from arflowbench.executors import LocalExecutor, SubmititExecutor
+    from arflowbench.runner import run_matrix
+
+    m = Matrix.from_file(matrix)
+    rt = _runtime(results_dir, data_root, device=device, checkpoint_every=checkpoint_every,
+                  progress=progress)
+    ex = LocalExecutor()
+    if executor is Executor.submitit:
+        params = {"slurm_partition": slurm_partition} if slurm_partition else {}
+        ex = SubmititExecutor(results_dir / "submitit", cluster=submitit_cluster, **params)
+    counts = run_matrix(m, rt, ex, echo=typer.echo)
+    typer.echo(f"{m.name}: {counts['ok']} ok, {counts['failed']} failed, "
+               f"{counts['cached']} cached")
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(results_dir: Path = RESULTS,
+           out: Path | None = typer.Option(None, "--out", help="default: RESULTS/reports"),
+           paper_dir: Path = typer.Option(Path("registry/paper"), help="published numbers")) -> None:
+    """Write report.md, report.tex, plots and index.html from the rows (never re-runs)."""
+    from arflowbench.report import write_report
+
+    out = out or results_dir / "reports"
+    page = write_report(results_dir, out, paper_dir if paper_dir.exists() else None)
+    typer.echo(f"wrote {page}")
+
+
+@app.command("ls")
+def list_plugins(as_json: bool = typer.Option(False, "--json", help="JSON list of objects")) -> None:
+    """Every registered plugin: kind, name, version, origin, availability and implementation."""
+    from arflowbench.plugins import all_info
+
+    rows = [r.as_dict() for r in all_info()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("kind", "name", "version", "origin", "available", "implementation / reason")
+    for r in rows:
+        detail = r["implementation"] if r["available"] else r["reason"]
+        table.add_row(r["kind"], r["name"], str(r["version"]), r["origin"],
+                      "yes" if r["available"] else "no", detail)
+    Console().print(table)
+
+
+def main() -> None:
+    """Console entry point: maps user errors to `error: ...` and exit code 2."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        app()
+    except ArflowbenchError as err:
+        if debug:
+            raise
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Typed configs: `RunSpec` (everything that changes numbers; hashed), `RuntimeOptions`
+(paths, devices, intervals; not hashed) and `Matrix` (a TOML file expanded to cells).
+
+All models are strict and frozen: an unknown key is a validation error, never silently ignored.
+
+Matrix file::
+
+    name = "quickstart"                # optional; defaults to the file stem
+    [base]                             # a partial RunSpec shared by every cell
+    data.name = "digits"
+    train.steps = 300
+    [axes]                             # cartesian product over dotted paths
+    "formulation.name" = ["sit", "arflow"]
+    "attention.name" = ["softmax", "hybrid"]
+    [[exclude]]                        # drop cells matching every key given
+    "formulation.name" = "sit"
+    "attention.name" = "hybrid"
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from arflowbench.errors import ConfigError
+from arflowbench.plugins import format_validation_error
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(Strict):
+    name: str = "digits"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelSpec(Strict):
+    flavor: str = "debug"
+    patch_size: int = Field(2, ge=1)
+
+
+class AttentionSpec(Strict):
+    name: str = "softmax"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class FormulationSpec(Strict):
+    name: str = "sit"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainSpec(Strict):
+    steps: int = Field(200, ge=1)
+    #: images per optimisation step; ARFlow uses batch_size // S sequences of S images, so
+    #: SiT and ARFlow cells with the same steps and batch_size see the same number of images.
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0)
+    grad_clip_mode: Literal["value", "norm"] = "norm"
+    seed: int = 0
+
+
+class SampleSpec(Strict):
+    sampler: str = "euler"
+    steps: int = Field(50, ge=1)
+    cfg_scale: float = Field(1.0, ge=0)
+    #: images per class in the samples.png grid
+    grid_per_class: int = Field(8, ge=1)
+    seed: int = 0
+    #: tolerances of adaptive samplers (dopri5)
+    rtol: float = Field(1e-3, gt=0)
+    atol: float = Field(1e-6, gt=0)
+
+
+class EvalSpec(Strict):
+    #: generated images scored against the reference split; 0 skips the evaluation stage
+    num_samples: int = Field(0, ge=0)
+    feature_extractor: Literal["classifier", "inception"] = "classifier"
+    reference_split: str = "test"
+    kid_subset_size: int = Field(100, ge=2)
+    batch_size: int = Field(100, ge=1)
+
+
+class RunSpec(Strict):
+    """Everything that changes a run's numbers. Its canonical JSON (plus plugin versions)
+    hashes to the run_id."""
+
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    attention: AttentionSpec = Field(default_factory=AttentionSpec)
+    formulation: FormulationSpec = Field(default_factory=FormulationSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    sample: SampleSpec = Field(default_factory=SampleSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+class RuntimeOptions(Strict):
+    """Where and how a run executes. Never part of the hash."""
+
+    results_dir: Path = Path("results")
+    data_root: Path | None = None
+    cache_dir: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    progress: bool = True
+    matrix: str = ""
+    #: stop after this many steps without finishing (tests use it to simulate a crash)
+    stop_after: int | None = None
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_hash(spec: RunSpec, versions: dict[str, int]) -> str:
+    """Short stable hash of the normalised spec and every code version that changes numbers."""
+    payload = json.dumps({"spec": json.loads(spec.canonical_json()), "versions": versions},
+                         sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------- matrices
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {k!r} is not a table")
+        node = nxt
+    node[keys[-1]] = copy.deepcopy(value)
+
+
+def _flatten_axes(node: Any, prefix: str = "") -> dict[str, list]:
+    """`{"formulation": {"name": [..]}}` -> `{"formulation.name": [..]}` (lists end a path)."""
+    if isinstance(node, list):
+        if not node:
+            raise ConfigError(f"axis {prefix!r} has no values")
+        return {prefix: node}
+    if not isinstance(node, dict):
+        raise ConfigError(f"axis {prefix!r} must be a list of values, got {node!r}")
+    out: dict[str, list] = {}
+    for k, v in node.items():
+        out.update(_flatten_axes(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def _flatten_values(node: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(_flatten_values(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+class Cell(Strict):
+    """One expanded matrix cell: the axis values that define it and its full spec."""
+
+    index: int
+    values: dict[str, Any]
+    spec: RunSpec
+
+
+class Matrix(Strict):
+    name: str
+    path: Path | None = None
+    base: dict[str, Any] = Field(default_factory=dict)
+    axes: dict[str, list[Any]] = Field(default_factory=dict)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Matrix:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"matrix file {path} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: malformed TOML: {err}") from None
+        unknown = set(raw) - {"name", "base", "axes", "exclude"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} "
+                              "(allowed: name, base, axes, exclude)")
+        excludes = [_flatten_values(e) for e in raw.get("exclude", [])]
+        m = cls(name=raw.get("name", path.stem), path=path, base=raw.get("base", {}),
+                axes=_flatten_axes(raw.get("axes", {})), exclude=excludes)
+        m.cells()  # validate every cell now, before any work
+        return m
+
+    def cells(self) -> list[Cell]:
+        where = str(self.path) if self.path else self.name
+        keys = list(self.axes)
+        out = []
+        for combo in itertools.product(*(self.axes[k] for k in keys)):
+            values = dict(zip(keys, combo))
+            if any(all(values.get(k, _MISSING) == v for k, v in ex.items()) for ex in self.exclude):
+                continue
+            tree = copy.deepcopy(self.base)
+            for k, v in values.items():
+                _set_dotted(tree, k, v)
+            try:
+                spec = RunSpec.model_validate(tree)
+            except ValidationError as err:
+                label = ", ".join(f"{k}={v}" for k, v in values.items()) or "base"
+                raise ConfigError(format_validation_error(err, f"{where} [{label}]")) from None
+            out.append(Cell(index=len(out), values=values, spec=spec))
+        if not out:
+            raise ConfigError(f"{where}: every cell is excluded")
+        return out
+
+
+_MISSING = object()

@@ -1,0 +1,34 @@
+"""User-facing errors.
+
+Every error a user can cause (bad config, unknown plugin, missing data, NaN loss) is an
+`ArflowbenchError`. The CLI prints it as one line starting with ``error:`` and exits with code 2;
+the full traceback only appears with ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class ArflowbenchError(Exception):
+    """An error caused by input or environment, reported to the user as one line."""
+
+    exit_code = 2
+
+
+class ConfigError(ArflowbenchError):
+    """A matrix, spec or plugin option is invalid."""
+
+
+class UnknownPluginError(ConfigError):
+    """A plugin name is not registered."""
+
+
+class PluginUnavailableError(ArflowbenchError):
+    """A plugin is registered but cannot run here (missing dependency, no CUDA, ...)."""
+
+
+class DataError(ArflowbenchError):
+    """A dataset is missing or malformed."""
+
+
+class NonFiniteLossError(ArflowbenchError):
+    """Training produced a NaN or infinite loss."""

@@ -1,0 +1,99 @@
+"""The formulation contract: a formulation owns the probability path, the training target and
+the sampler. The trainer only sees `make_batch` and `training_loss`.
+
+- ``make_batch(data, batch_size, g) -> (x, y)``: x (B, S, C, H, W) uint8 images, y (B,) labels.
+  `batch_size` counts images; a formulation with S images per item draws batch_size // S items.
+- ``training_loss(model, x, y, g) -> dict``: ``loss`` (scalar tensor) plus floats to log.
+- ``sample(model, labels, steps, sampler, cfg_scale, g) -> SampleResult``: images in [-1, 1]
+  and the number of network evaluations (NFE) actually spent, counted per batch row's forward
+  (a guided evaluation runs conditional and null halves in one batch and counts once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, Field
+
+from arflowbench.data.base import ImageSet
+from arflowbench.errors import ConfigError
+from arflowbench.plugins import PluginBase
+
+
+@dataclass
+class SampleResult:
+    images: torch.Tensor  # (B, C, H, W) float in [-1, 1] (not clamped)
+    nfe: int
+
+
+class FormulationConfig(BaseModel):
+    """Options every formulation has."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+    path: str = "linear"
+    #: probability of replacing the label by the null class (enables classifier-free guidance)
+    class_dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class Formulation(PluginBase):
+    """Base class of generative formulations."""
+
+    Config: ClassVar[type[BaseModel]] = FormulationConfig
+    #: sampler names this formulation accepts (validated before a run starts)
+    samplers: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: BaseModel | None = None):
+        self.config = config if config is not None else self.Config()
+
+    @property
+    def images_per_item(self) -> int:
+        """S: images per training item (1 for SiT)."""
+        return 1
+
+    def items_per_batch(self, batch_size: int) -> int:
+        S = self.images_per_item
+        if batch_size % S:
+            raise ConfigError(f"{self.name}: train.batch_size {batch_size} (images per step) must "
+                              f"be a multiple of images_per_sequence {S}")
+        return batch_size // S
+
+    def check_data(self, data: ImageSet) -> None:
+        """Raise ConfigError if this formulation cannot train on `data`."""
+
+    def check_sampling(self, sampler: str, cfg_scale: float) -> None:
+        if sampler not in self.samplers:
+            raise ConfigError(f"{self.name}: unknown sampler {sampler!r} "
+                              f"(allowed: {', '.join(self.samplers)})")
+        if cfg_scale != 1.0 and self.config.class_dropout == 0:
+            raise ConfigError(f"{self.name}: cfg_scale {cfg_scale} needs a model trained with "
+                              "class_dropout > 0 (this model never saw the null class)")
+
+    def drop_labels(self, y: torch.Tensor, null_id: int, g: torch.Generator) -> torch.Tensor:
+        """Replace each label by the null class with probability class_dropout."""
+        drop = torch.rand(y.shape, generator=g) < self.config.class_dropout
+        return torch.where(drop.to(y.device), torch.full_like(y, null_id), y)
+
+    def make_batch(self, data: ImageSet, batch_size: int, g: torch.Generator):
+        raise NotImplementedError
+
+    def training_loss(self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> dict:
+        raise NotImplementedError
+
+    def sample(self, model, labels: torch.Tensor, steps: int, sampler: str, cfg_scale: float,
+               g: torch.Generator, **sampler_options) -> SampleResult:
+        """`sampler_options`: rtol/atol for adaptive samplers."""
+        raise NotImplementedError
+
+
+def randn(shape, g: torch.Generator, device) -> torch.Tensor:
+    """Gaussian noise drawn on the generator's device (CPU) then moved: identical across
+    devices for the same seed."""
+    return torch.randn(shape, generator=g).to(device)
+
+
+def guided(v_both: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """(2B, ...) [conditional; null] -> v_u + s (v_c - v_u), on every channel."""
+    v_c, v_u = v_both.chunk(2, dim=0)
+    return v_u + cfg_scale * (v_c - v_u)

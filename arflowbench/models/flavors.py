@@ -1,0 +1,26 @@
+"""Model sizes. Names are defined here once; specs, the CLI and tests derive from `FLAVORS`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Flavor:
+    depth: int
+    width: int
+    heads: int
+    mlp_ratio: float = 4.0
+
+
+FLAVORS: dict[str, Flavor] = {
+    # a few seconds of CPU training: the tests' and the quickstart's model
+    "debug": Flavor(depth=2, width=64, heads=2),
+    # the DiT/SiT sizes (S 33M, B 130M, L 458M, XL 675M parameters with patch 2 on 32x32x4)
+    "S": Flavor(depth=12, width=384, heads=6),
+    "B": Flavor(depth=12, width=768, heads=12),
+    "L": Flavor(depth=24, width=1024, heads=16),
+    "XL": Flavor(depth=28, width=1152, heads=16),
+    # ARFlow-XL keeps head dim 64 (1152 / 18)
+    "ARFlow-XL": Flavor(depth=28, width=1152, heads=18),
+}

@@ -1,0 +1,262 @@
+"""The plugin registry: one generic `Registry[T]` and the four registries of arflowbench.
+
+Built-ins are registered lazily as "module:attr" strings so that a backend's optional
+dependencies load only when it is chosen. Third-party plugins come from the entry-point groups
+``arflowbench.attention``, ``arflowbench.formulation``, ``arflowbench.dataset`` and
+``arflowbench.metric``. Every plugin class declares:
+
+- ``name``: str, equal to its registered name;
+- ``version``: int, bumped when its numerics change (it feeds the run hash);
+- ``Config``: a pydantic model of its own options (strict: unknown keys are errors);
+- ``availability()``: a classmethod returning `Availability` (can it run here, which
+  implementation would run, and why not). It must not import heavy optional libraries.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from arflowbench.errors import ConfigError, PluginUnavailableError, UnknownPluginError
+
+T = TypeVar("T")
+
+BUILTIN = "built-in"
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a plugin can run on this machine, and which implementation would run."""
+
+    available: bool
+    implementation: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One row of `arflowbench ls`."""
+
+    kind: str
+    name: str
+    version: int | None
+    origin: str
+    available: bool
+    implementation: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _import_ref(ref: str) -> Any:
+    module_name, _, attr = ref.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr.split(".") if attr else []:
+        obj = getattr(obj, part)
+    return obj
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """Turn a pydantic error into one readable line: `where: field: message; ...`."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    return f"{where}: " + "; ".join(parts)
+
+
+@dataclass
+class _Entry:
+    target: str | type
+    origin: str
+
+
+class Registry(Generic[T]):
+    """A name -> plugin class map with lazy built-ins and entry-point discovery."""
+
+    def __init__(self, kind: str, base_ref: str, group: str):
+        self.kind = kind
+        self.base_ref = base_ref
+        self.group = group
+        self._entries: dict[str, _Entry] = {}
+        self._resolved: dict[str, type[T]] = {}
+        self._errors: dict[str, str] = {}
+        self._discovered = False
+
+    # ------------------------------------------------------------------ registration
+    def register_lazy(self, name: str, target: str, origin: str = BUILTIN) -> None:
+        """Register `name` -> "module:attr", imported on first use."""
+        self._add(name, _Entry(target, origin))
+
+    def register(self, cls: type[T] | None = None, *, origin: str = BUILTIN):
+        """Decorator (or call) registering a class under its ``name`` attribute."""
+
+        def deco(c: type[T]) -> type[T]:
+            self._add(c.name, _Entry(c, origin))
+            return c
+
+        return deco(cls) if cls is not None else deco
+
+    def _add(self, name: str, entry: _Entry) -> None:
+        if name in self._entries:
+            old = self._entries[name].origin
+            raise ConfigError(
+                f"{self.kind} plugin name collision: {name!r} is registered by {old} "
+                f"and again by {entry.origin}"
+            )
+        self._entries[name] = entry
+
+    def discover(self) -> None:
+        """Load third-party plugins from this registry's entry-point group (once)."""
+        if self._discovered:
+            return
+        self._discovered = True
+        for ep in importlib.metadata.entry_points(group=self.group):
+            dist = getattr(ep, "dist", None)
+            origin = f"{dist.name} {dist.version}" if dist is not None else "entry point"
+            self._add(ep.name, _Entry(ep.value, origin))
+
+    # ------------------------------------------------------------------ lookup
+    def names(self) -> list[str]:
+        self.discover()
+        return sorted(self._entries)
+
+    def origin(self, name: str) -> str:
+        self._check_known(name)
+        return self._entries[name].origin
+
+    def _check_known(self, name: str) -> None:
+        self.discover()
+        if name in self._entries:
+            return
+        close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownPluginError(
+            f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._entries))})"
+        )
+
+    def load(self, name: str) -> type[T]:
+        """Import and check the plugin class; raise if it is unknown or fails to import."""
+        self._check_known(name)
+        if name in self._resolved:
+            return self._resolved[name]
+        if name in self._errors:
+            raise PluginUnavailableError(f"{self.kind} {name!r} failed to load: {self._errors[name]}")
+        entry = self._entries[name]
+        try:
+            cls = _import_ref(entry.target) if isinstance(entry.target, str) else entry.target
+        except Exception as exc:  # an optional dependency or a broken plugin
+            self._errors[name] = f"{type(exc).__name__}: {exc}"
+            raise PluginUnavailableError(
+                f"{self.kind} {name!r} failed to load: {self._errors[name]}"
+            ) from exc
+        base = _import_ref(self.base_ref)
+        problem = None
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            problem = f"{cls!r} is not a subclass of {base.__qualname__}"
+        elif getattr(cls, "name", None) != name:
+            problem = f"class declares name {getattr(cls, 'name', None)!r}, registered as {name!r}"
+        elif not isinstance(getattr(cls, "version", None), int):
+            problem = "class declares no integer `version`"
+        if problem:
+            self._errors[name] = problem
+            raise PluginUnavailableError(f"{self.kind} {name!r} is invalid: {problem}")
+        self._resolved[name] = cls
+        return cls
+
+    def get(self, name: str) -> type[T]:
+        """The plugin class, checked to be available on this machine."""
+        cls = self.load(name)
+        avail = cls.availability()
+        if not avail.available:
+            raise PluginUnavailableError(f"{self.kind} {name!r} is unavailable here: {avail.reason}")
+        return cls
+
+    def validate_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Validate options against the plugin's `Config`; return them with defaults filled."""
+        cls = self.load(name)
+        try:
+            cfg = cls.Config(**options)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, f"{self.kind} {name!r} options")) from None
+        return cfg.model_dump(mode="json")
+
+    def info(self) -> list[PluginInfo]:
+        rows = []
+        for name in self.names():
+            origin = self._entries[name].origin
+            try:
+                cls = self.load(name)
+                avail = cls.availability()
+                rows.append(
+                    PluginInfo(self.kind, name, cls.version, origin, avail.available,
+                               avail.implementation, avail.reason)
+                )
+            except PluginUnavailableError:
+                rows.append(PluginInfo(self.kind, name, None, origin, False, "", self._errors[name]))
+        return rows
+
+
+class PluginBase:
+    """Mixin declaring what every plugin class provides."""
+
+    name: str = ""
+    version: int = 0
+
+    class Config(BaseModel):
+        model_config = {"extra": "forbid", "frozen": True}
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(True, "pytorch")
+
+
+ATTENTION: Registry = Registry("attention", "arflowbench.attention.base:AttentionBackend",
+                               "arflowbench.attention")
+FORMULATION: Registry = Registry("formulation", "arflowbench.formulations.base:Formulation",
+                                 "arflowbench.formulation")
+DATASET: Registry = Registry("dataset", "arflowbench.data.base:Dataset", "arflowbench.dataset")
+METRIC: Registry = Registry("metric", "arflowbench.metrics.base:Metric", "arflowbench.metric")
+
+REGISTRIES: dict[str, Registry] = {r.kind: r for r in (ATTENTION, FORMULATION, DATASET, METRIC)}
+
+# Built-ins: the one place their names are written.
+_BUILTINS = {
+    ATTENTION: {
+        "softmax": "arflowbench.attention.softmax:SoftmaxAttention",
+        "hybrid": "arflowbench.attention.hybrid:HybridAttention",
+        "linear": "arflowbench.attention.linear:LinearAttention",
+        "mamba": "arflowbench.attention.mamba:MambaMixer",
+        "xformers": "arflowbench.attention.xformers_backend:XFormersAttention",
+    },
+    FORMULATION: {
+        "sit": "arflowbench.formulations.sit:SiT",
+        "arflow": "arflowbench.formulations.arflow:ARFlow",
+    },
+    DATASET: {
+        "digits": "arflowbench.data.digits:Digits",
+        "fashion-mnist": "arflowbench.data.fashion_mnist:FashionMNIST",
+        "imagefolder": "arflowbench.data.imagefolder:ImageFolder",
+    },
+    METRIC: {
+        "fidelity": "arflowbench.metrics.fid:FidelityMetric",
+        "class-accuracy": "arflowbench.metrics.accuracy:ClassAccuracy",
+    },
+}
+for _reg, _table in _BUILTINS.items():
+    for _name, _target in _table.items():
+        _reg.register_lazy(_name, _target)
+
+
+def all_info() -> list[PluginInfo]:
+    """Every registered plugin of every kind (for `arflowbench ls`)."""
+    return [row for reg in REGISTRIES.values() for row in reg.info()]

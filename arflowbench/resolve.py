@@ -1,0 +1,103 @@
+"""Resolve a `RunSpec` into live objects, validating everything before any work.
+
+`resolve(spec, runtime)` checks plugin names and options (filling defaults, so an explicit
+default and an omitted one hash the same), the model flavor, that the patch divides the image,
+the sampler, guidance, and the data (present on disk, enough images per class). It builds the
+model on the meta device once, so a backend that rejects the geometry (head dim, ...) fails here.
+Availability (e.g. a CUDA-only backend on CPU) is recorded, not raised: `run` fails that one cell
+before training with the reason, `validate` prints it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from arflowbench.config import RunSpec, RuntimeOptions, run_hash
+from arflowbench.errors import ConfigError
+from arflowbench.models.backbone import BACKBONE_VERSION, DiT, count_parameters
+from arflowbench.models.flavors import FLAVORS
+from arflowbench.plugins import ATTENTION, DATASET, FORMULATION, METRIC, PluginUnavailableError
+from arflowbench.trainer import TRAINER_VERSION
+
+
+@dataclass
+class Resolved:
+    spec: RunSpec  # normalised: every plugin's options with defaults filled
+    run_id: str
+    versions: dict[str, int]
+    dataset: object
+    formulation: object
+    param_count: int
+    #: why this cell cannot run on this machine (None if it can)
+    unavailable: str | None = None
+    attention_implementation: str = ""
+
+    def build_model(self, device: str = "cpu") -> DiT:
+        spec, ds = self.spec, self.dataset
+        with torch.device(device):
+            return DiT(image_size=ds.image_size, channels=ds.channels,
+                       patch_size=spec.model.patch_size, num_classes=ds.num_classes,
+                       flavor=FLAVORS[spec.model.flavor], attention=spec.attention.name,
+                       attention_options=spec.attention.options)
+
+
+_DATA_CACHE: dict[tuple, object] = {}
+
+
+def _dataset(spec: RunSpec, runtime: RuntimeOptions):
+    opts = DATASET.validate_options(spec.data.name, spec.data.options)
+    key = (spec.data.name, tuple(sorted(opts.items())), str(runtime.data_root))
+    if key not in _DATA_CACHE:
+        cls = DATASET.get(spec.data.name)
+        ds = cls(cls.Config(**opts), runtime.data_root)
+        ds.check_available()
+        _DATA_CACHE[key] = ds
+    return _DATA_CACHE[key], opts
+
+
+def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True) -> Resolved:
+    if spec.model.flavor not in FLAVORS:
+        raise ConfigError(f"unknown model flavor {spec.model.flavor!r} "
+                          f"(known: {', '.join(FLAVORS)})")
+    att_opts = ATTENTION.validate_options(spec.attention.name, spec.attention.options)
+    form_opts = FORMULATION.validate_options(spec.formulation.name, spec.formulation.options)
+    ds, data_opts = _dataset(spec, runtime)
+    if ds.image_size % spec.model.patch_size:
+        raise ConfigError(f"model.patch_size {spec.model.patch_size} does not divide the "
+                          f"{spec.data.name} image size {ds.image_size}")
+    spec = spec.model_copy(update={
+        "data": spec.data.model_copy(update={"options": data_opts}),
+        "attention": spec.attention.model_copy(update={"options": att_opts}),
+        "formulation": spec.formulation.model_copy(update={"options": form_opts}),
+    })
+    form_cls = FORMULATION.get(spec.formulation.name)
+    formulation = form_cls(form_cls.Config(**form_opts))
+    formulation.check_sampling(spec.sample.sampler, spec.sample.cfg_scale)
+    formulation.items_per_batch(spec.train.batch_size)
+    if check_data:
+        formulation.check_data(ds.load("train"))
+
+    att_cls = ATTENTION.load(spec.attention.name)
+    avail = att_cls.availability()
+    unavailable = None if avail.available else avail.reason
+    param_count = 0
+    if avail.available:
+        try:
+            model = Resolved(spec, "", {}, ds, formulation, 0).build_model("meta")
+        except (ValueError, ConfigError, PluginUnavailableError) as err:
+            raise ConfigError(f"{spec.attention.name}: {err}") from None
+        param_count = count_parameters(model)
+
+    versions = {
+        "attention": att_cls.version,
+        "formulation": form_cls.version,
+        "dataset": DATASET.load(spec.data.name).version,
+        "backbone": BACKBONE_VERSION,
+        "trainer": TRAINER_VERSION,
+    }
+    if spec.eval.num_samples:
+        versions["metric"] = METRIC.load("fidelity").version
+    return Resolved(spec, run_hash(spec, versions), versions, ds, formulation, param_count,
+                    unavailable, avail.implementation)

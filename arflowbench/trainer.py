@@ -1,0 +1,157 @@
+"""The one shared training loop: step, EMA, clip, log, checkpoint/resume.
+
+The trainer never knows which formulation runs: it asks the formulation for a batch and a loss.
+
+Determinism: every step draws its batch, noise, times and label dropout from a generator seeded
+by (seed, step) alone, so a run resumed from a checkpoint sees exactly the batches the
+uninterrupted run would have seen; together with the restored model, EMA and optimizer state it
+ends with bit-identical weights on the same machine (tested with SIGKILL).
+
+Checkpoints are written atomically (temp file, fsync, rename) and hold only tensors and plain
+Python values, so they load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from arflowbench.config import TrainSpec
+from arflowbench.data.base import ImageSet
+from arflowbench.errors import ArflowbenchError, NonFiniteLossError
+
+#: bump when the training loop's numerics change (feeds the run hash)
+TRAINER_VERSION = 1
+#: first steps excluded from throughput (allocator and kernel warm-up)
+WARMUP_STEPS = 3
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)
+    #: wall seconds of each step run in this process after warm-up (not restored on resume)
+    step_times: list[float] = field(default_factory=list)
+    images_per_step: int = 0
+    resumed_from: int | None = None
+    finished: bool = False
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one training step: a pure function of (seed, step)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
+
+
+def ema_decay_at(decay: float, step: int) -> float:
+    """EMA warm-up: short runs would otherwise sample from nearly initial weights."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1 - decay)
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Atomic write: a crash leaves either the old or the new checkpoint, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, run_id: str) -> dict | None:
+    if not path.exists():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("run_id") != run_id:
+        raise ArflowbenchError(f"checkpoint {path} belongs to run {ckpt.get('run_id')}, not {run_id}")
+    return ckpt
+
+
+def clip_gradients(model: nn.Module, spec: TrainSpec) -> None:
+    if spec.grad_clip is None:
+        return
+    if spec.grad_clip_mode == "value":
+        nn.utils.clip_grad_value_(model.parameters(), spec.grad_clip)
+    else:
+        nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+
+
+def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, run_id: str,
+          checkpoint_path: Path, device: str = "cpu", checkpoint_every: int = 100,
+          progress=None, stop_after: int | None = None) -> tuple[nn.Module, TrainResult]:
+    """Train (or resume) to `spec.steps`; returns the EMA model and what was measured.
+
+    `progress(step, total, loss, images_per_s)` is called after every step if given.
+    `stop_after` ends the loop early without finishing (used to simulate interruptions)."""
+    model.to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas,
+                            weight_decay=spec.weight_decay)
+    result = TrainResult(images_per_step=spec.batch_size)
+    start = 0
+    ckpt = load_checkpoint(checkpoint_path, run_id)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng_cpu"])
+        start = int(ckpt["step"])
+        result.losses = list(ckpt["losses"])
+        result.resumed_from = start
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
+                else nullcontext())
+
+    def payload(step: int) -> dict:
+        return {"run_id": run_id, "step": step, "model": model.state_dict(),
+                "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                "rng_cpu": torch.get_rng_state(), "losses": result.losses}
+
+    last_good = start
+    for step in range(start, spec.steps):
+        if stop_after is not None and step - start >= stop_after:
+            return ema, result
+        t0 = time.perf_counter()
+        g = step_generator(spec.seed, step)
+        x, y = formulation.make_batch(data, spec.batch_size, g)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast:
+            out = formulation.training_loss(model, x, y, g)
+        loss = out["loss"]
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            where = (f"the last good checkpoint (step {last_good}) is kept at {checkpoint_path}"
+                     if checkpoint_path.exists() else "no checkpoint was written yet")
+            raise NonFiniteLossError(f"non-finite loss ({value}) at step {step + 1}; {where}. "
+                                     "Lower train.lr or set train.grad_clip.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_gradients(model, spec)
+        opt.step()
+        update_ema(ema, model, ema_decay_at(spec.ema_decay, step))
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        if step - start >= WARMUP_STEPS:
+            result.step_times.append(dt)
+        result.losses.append(value)
+        done = step + 1
+        if done % checkpoint_every == 0 or done == spec.steps:
+            save_checkpoint(checkpoint_path, payload(done))
+            last_good = done
+        if progress is not None:
+            progress(done, spec.steps, value, spec.batch_size / dt)
+    result.finished = True
+    return ema, result
