@@ -179,7 +179,9 @@ def _train_sample_eval(res: Resolved, runtime: RuntimeOptions, device: str, resu
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(argv[0]).read_text())
-    torch.set_num_threads(job.get("threads") or torch.get_num_threads())
+    threads = job["runtime"].get("threads")
+    if threads:
+        torch.set_num_threads(threads)
     row = run_job(job)
     if row["status"] == STATUS_OK:
         return 0

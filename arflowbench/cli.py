@@ -57,6 +57,7 @@ def run(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         checkpoint_every: int = typer.Option(100, help="steps between checkpoints"),
         progress: bool = typer.Option(True, help="show progress bars"),
+        threads: int | None = typer.Option(None, help="torch threads per cell process"),
         executor: Executor = typer.Option(Executor.local, help="local subprocesses or submitit"),
         slurm_partition: str | None = typer.Option(None, help="submitit: Slurm partition"),
         submitit_cluster: str | None = typer.Option(
@@ -68,7 +69,7 @@ def run(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
 
     m = Matrix.from_file(matrix)
     rt = _runtime(results_dir, data_root, device=device, checkpoint_every=checkpoint_every,
-                  progress=progress)
+                  progress=progress, threads=threads)
     ex = LocalExecutor()
     if executor is Executor.submitit:
         params = {"slurm_partition": slurm_partition} if slurm_partition else {}

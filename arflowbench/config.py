@@ -124,6 +124,8 @@ class RuntimeOptions(Strict):
     log_every: int = Field(10, ge=1)
     progress: bool = True
     matrix: str = ""
+    #: torch intra-op threads per cell process (None: torch's default)
+    threads: int | None = Field(None, ge=1)
     #: stop after this many steps without finishing (tests use it to simulate a crash)
     stop_after: int | None = None
 
@@ -216,20 +218,29 @@ class Matrix(Strict):
     def cells(self) -> list[Cell]:
         where = str(self.path) if self.path else self.name
         keys = list(self.axes)
-        out = []
+        out, used = [], set()
         for combo in itertools.product(*(self.axes[k] for k in keys)):
-            values = dict(zip(keys, combo))
-            if any(all(values.get(k, _MISSING) == v for k, v in ex.items()) for ex in self.exclude):
-                continue
             tree = copy.deepcopy(self.base)
-            for k, v in values.items():
+            for k, v in zip(keys, combo):
                 _set_dotted(tree, k, v)
+            # a table-valued axis ({name = "arflow"}) is shown and matched by its dotted leaves
+            values = _flatten_values(dict(zip(keys, combo)))
+            flat = _flatten_values(tree)
+            hit = [i for i, ex in enumerate(self.exclude)
+                   if all(flat.get(k, _MISSING) == v for k, v in ex.items())]
+            used.update(hit)
+            if hit:
+                continue
             try:
                 spec = RunSpec.model_validate(tree)
             except ValidationError as err:
                 label = ", ".join(f"{k}={v}" for k, v in values.items()) or "base"
                 raise ConfigError(format_validation_error(err, f"{where} [{label}]")) from None
             out.append(Cell(index=len(out), values=values, spec=spec))
+        unused = [self.exclude[i] for i in range(len(self.exclude)) if i not in used]
+        if unused:
+            raise ConfigError(f"{where}: [[exclude]] {unused[0]} matches no cell "
+                              "(keys are dotted spec paths, e.g. \"attention.name\")")
         if not out:
             raise ConfigError(f"{where}: every cell is excluded")
         return out
