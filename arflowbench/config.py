@@ -210,7 +210,10 @@ class Matrix(Strict):
             raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} "
                               "(allowed: name, base, axes, exclude)")
         excludes = [_flatten_values(e) for e in raw.get("exclude", [])]
-        m = cls(name=raw.get("name", path.stem), path=path, base=raw.get("base", {}),
+        base: dict[str, Any] = {}
+        for k, v in _flatten_values(raw.get("base", {})).items():  # "a.b" keys and [a] tables alike
+            _set_dotted(base, k, v)
+        m = cls(name=raw.get("name", path.stem), path=path, base=base,
                 axes=_flatten_axes(raw.get("axes", {})), exclude=excludes)
         m.cells()  # validate every cell now, before any work
         return m

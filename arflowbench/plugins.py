@@ -119,11 +119,20 @@ class Registry(Generic[T]):
         """Load third-party plugins from this registry's entry-point group (once)."""
         if self._discovered:
             return
-        self._discovered = True
+        found: dict[str, _Entry] = {}
         for ep in importlib.metadata.entry_points(group=self.group):
             dist = getattr(ep, "dist", None)
             origin = f"{dist.name} {dist.version}" if dist is not None else "entry point"
-            self._add(ep.name, _Entry(ep.value, origin))
+            if ep.name in found:  # two distributions claim one name
+                raise ConfigError(f"{self.kind} plugin name collision: {ep.name!r} is registered "
+                                  f"by {found[ep.name].origin} and again by {origin}")
+            found[ep.name] = _Entry(ep.value, origin)
+        for name in found:  # all or nothing: a failed discovery fails again on the next lookup
+            if name in self._entries:
+                self._add(name, found[name])  # raises the collision error
+        for name, entry in found.items():
+            self._entries[name] = entry
+        self._discovered = True
 
     # ------------------------------------------------------------------ lookup
     def names(self) -> list[str]:

@@ -28,11 +28,16 @@ NATIVE_SIZE = 28
 def read_idx(path: Path) -> torch.Tensor:
     """Parse an IDX file (optionally gzipped) into a uint8 tensor."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError) as err:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: truncated or corrupt file ({err})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path}: not an unsigned-byte IDX file")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = data[4 + 4 * ndim :]
     count = 1

@@ -85,8 +85,13 @@ class ImageFolder(Dataset):
         self.check_available()
         splits = self._split_dirs()
         base = splits[split] if splits else self.root
+        names = [d.name for d in self._class_dirs(splits["train"] if splits else self.root)]
         images, labels = [], []
-        for cls_id, cdir in enumerate(self._class_dirs(base)):
+        for cdir in self._class_dirs(base):
+            if cdir.name not in names:
+                raise DataError(f"imagefolder: class {cdir.name!r} of split {split!r} is not a "
+                                f"class of the train split ({', '.join(names)})")
+            cls_id = names.index(cdir.name)
             files = sorted(p for p in cdir.iterdir() if p.suffix.lower() in EXTENSIONS)
             if splits is None:  # one folder: deterministic split within each class
                 files = [f for i, f in enumerate(files)

@@ -1,0 +1,59 @@
+"""Shared fixtures: the digits splits (loaded once) and a small debug-flavor model factory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arflowbench.data.base import ImageSet
+from arflowbench.data.digits import Digits
+from arflowbench.models.backbone import DiT
+from arflowbench.models.flavors import FLAVORS
+
+
+@pytest.fixture(scope="session")
+def digits() -> Digits:
+    """One Digits plugin instance for the whole session (its splits are cached in memory)."""
+    return Digits()
+
+
+@pytest.fixture(scope="session")
+def digits_train(digits: Digits) -> ImageSet:
+    return digits.load("train")
+
+
+def make_debug_model(*, image_size: int = 8, channels: int = 1, patch_size: int = 2,
+                     num_classes: int = 10, randomize: bool = False, seed: int = 0) -> DiT:
+    """A debug-flavor softmax DiT. With `randomize`, every parameter gets seeded noise so the
+    adaLN-Zero gates and output layer are no longer zero (otherwise the model outputs 0)."""
+    torch.manual_seed(seed)
+    model = DiT(image_size=image_size, channels=channels, patch_size=patch_size,
+                num_classes=num_classes, flavor=FLAVORS["debug"], attention="softmax")
+    if randomize:
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+@pytest.fixture
+def model_factory():
+    """`make_debug_model`, for tests that need other geometries or seeds."""
+    return make_debug_model
+
+
+@pytest.fixture
+def debug_model() -> DiT:
+    """A debug model with randomized (non-zero) weights on the digits geometry."""
+    return make_debug_model(randomize=True)
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test of many tiny ops on one intra-op thread: on a shared 2-core machine two
+    OpenMP threads mostly wait for each other (measured 30x slower steps under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

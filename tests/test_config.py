@@ -1,0 +1,233 @@
+"""Typed configs: matrix expansion and its errors, frozen strict specs, the run hash, and the
+checks `resolve()` makes before any work."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from arflowbench.config import Matrix, RunSpec, RuntimeOptions, run_hash
+from arflowbench.errors import ConfigError, UnknownPluginError
+from arflowbench.resolve import resolve
+
+
+def _matrix_file(tmp_path: Path, text: str, name: str = "m.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# ---------------------------------------------------------------------------------- matrices
+AXES_TOML = """
+    name = "grid"
+    [base]
+    data.name = "digits"
+    train.steps = 5
+
+    [axes]
+    "sample.steps" = [10, 20, 30]      # quoted dotted key
+
+    [axes.train]                       # nested table
+    batch_size = [16, 32]
+"""
+
+
+def test_axes_expand_as_cartesian_product(tmp_path):
+    m = Matrix.from_file(_matrix_file(tmp_path, AXES_TOML))
+    cells = m.cells()
+    assert m.name == "grid"
+    assert sorted(m.axes) == ["sample.steps", "train.batch_size"]
+    got = sorted((c.spec.sample.steps, c.spec.train.batch_size) for c in cells)
+    assert got == sorted((s, b) for s in (10, 20, 30) for b in (16, 32))
+    assert [c.index for c in cells] == list(range(6))
+    for c in cells:
+        # the axis values recorded on the cell are those in its spec; base values everywhere
+        assert c.values == {"sample.steps": c.spec.sample.steps,
+                            "train.batch_size": c.spec.train.batch_size}
+        assert c.spec.train.steps == 5 and c.spec.data.name == "digits"
+
+
+def test_matrix_name_defaults_to_file_stem(tmp_path):
+    m = Matrix.from_file(_matrix_file(tmp_path, "[base]\ntrain.steps = 3\n", "quick-one.toml"))
+    assert m.name == "quick-one"
+    (cell,) = m.cells()
+    assert cell.spec.train.steps == 3 and cell.values == {}
+
+
+@pytest.mark.parametrize("exclude", [
+    '[[exclude]]\n"sample.steps" = 20\n"train.batch_size" = 32\n',
+    "[[exclude]]\nsample = { steps = 20 }\ntrain.batch_size = 32\n",
+])
+def test_exclude_removes_matching_cells(tmp_path, exclude):
+    m = Matrix.from_file(_matrix_file(tmp_path, AXES_TOML + textwrap.indent(exclude, "    ")))
+    got = {(c.spec.sample.steps, c.spec.train.batch_size) for c in m.cells()}
+    assert len(got) == 5 and (20, 32) not in got
+    assert [c.index for c in m.cells()] == list(range(5))
+
+
+def test_every_cell_excluded_is_an_error(tmp_path):
+    text = AXES_TOML + '    [[exclude]]\n    "train.batch_size" = 16\n' \
+                       '    [[exclude]]\n    "train.batch_size" = 32\n'
+    with pytest.raises(ConfigError, match="every cell is excluded"):
+        Matrix.from_file(_matrix_file(tmp_path, text))
+
+
+def test_unknown_top_level_key(tmp_path):
+    path = _matrix_file(tmp_path, "[bases]\ntrain.steps = 3\n")
+    with pytest.raises(ConfigError) as exc:
+        Matrix.from_file(path)
+    assert str(path) in str(exc.value) and "bases" in str(exc.value)
+
+
+@pytest.mark.parametrize("text", [
+    "[base]\ntrain.stepz = 3\n",
+    '[axes]\n"train.stepz" = [1, 2]\n',
+])
+def test_typo_in_spec_key_names_file_and_key(tmp_path, text):
+    path = _matrix_file(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        Matrix.from_file(path)
+    msg = str(exc.value)
+    assert str(path) in msg and "train.stepz: unknown key" in msg
+    assert "\n" not in msg
+
+
+def test_invalid_value_names_the_cell(tmp_path):
+    path = _matrix_file(tmp_path, '[axes]\n"train.steps" = [5, 0]\n')
+    with pytest.raises(ConfigError, match=r"\[train.steps=0\]: train.steps"):
+        Matrix.from_file(path)
+
+
+def test_malformed_toml_names_file_and_line(tmp_path):
+    path = _matrix_file(tmp_path, "[base]\ntrain.steps = 5\n\n[axes\n")
+    with pytest.raises(ConfigError) as exc:
+        Matrix.from_file(path)
+    assert str(path) in str(exc.value) and "line 4" in str(exc.value)
+
+
+def test_missing_file_and_empty_axis(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        Matrix.from_file(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="has no values"):
+        Matrix.from_file(_matrix_file(tmp_path, '[axes]\n"train.steps" = []\n'))
+
+
+def test_quoted_dotted_key_in_base(tmp_path):
+    m = Matrix.from_file(_matrix_file(tmp_path, '[base]\n"train.steps" = 7\n'))
+    assert m.cells()[0].spec.train.steps == 7
+
+
+def test_exclude_that_matches_nothing_is_an_error(tmp_path):
+    text = AXES_TOML + '    [[exclude]]\n    "train.batchsize" = 16\n'  # typo
+    with pytest.raises(ConfigError, match="train.batchsize.*matches no cell"):
+        Matrix.from_file(_matrix_file(tmp_path, text))
+
+
+def test_exclude_can_match_base_values(tmp_path):
+    text = AXES_TOML + '    [[exclude]]\n    data = { name = "digits" }\n    "sample.steps" = 10\n'
+    got = {c.spec.sample.steps for c in Matrix.from_file(_matrix_file(tmp_path, text)).cells()}
+    assert got == {20, 30}
+
+
+# ---------------------------------------------------------------------------------- RunSpec
+def test_runspec_is_frozen_and_strict():
+    spec = RunSpec()
+    with pytest.raises(ValidationError):
+        spec.train = spec.train.model_copy(update={"steps": 5})
+    with pytest.raises(ValidationError):
+        spec.train.steps = 5
+    with pytest.raises(ValidationError, match="extra"):
+        RunSpec.model_validate({"train": {"stepz": 5}})
+    with pytest.raises(ValidationError):
+        RunSpec.model_validate({"trian": {}})
+
+
+def test_run_hash_is_stable_and_key_order_independent():
+    a = RunSpec.model_validate({"train": {"steps": 5, "lr": 1e-3}, "data": {"name": "digits"}})
+    b = RunSpec.model_validate({"data": {"name": "digits"}, "train": {"lr": 1e-3, "steps": 5}})
+    versions = {"attention": 1, "formulation": 1}
+    assert run_hash(a, versions) == run_hash(b, versions) == run_hash(a, dict(versions))
+    assert len(run_hash(a, versions)) == 12
+
+
+@pytest.mark.parametrize("change", [
+    {"train": {"steps": 201}}, {"train": {"seed": 1}}, {"train": {"lr": 2e-4}},
+    {"sample": {"cfg_scale": 1.5}}, {"sample": {"sampler": "heun"}},
+    {"attention": {"name": "linear"}}, {"formulation": {"options": {"class_dropout": 0.2}}},
+    {"data": {"options": {"pad_to": 32}}}, {"model": {"patch_size": 4}}, {"eval": {"num_samples": 10}},
+])
+def test_run_hash_changes_with_every_spec_value(change):
+    versions = {"attention": 1}
+    assert run_hash(RunSpec.model_validate(change), versions) != run_hash(RunSpec(), versions)
+
+
+def test_run_hash_changes_with_plugin_versions():
+    spec = RunSpec()
+    base = run_hash(spec, {"attention": 1, "formulation": 1})
+    assert run_hash(spec, {"attention": 2, "formulation": 1}) != base
+    assert run_hash(spec, {"attention": 1, "formulation": 1, "metric": 1}) != base
+
+
+# ---------------------------------------------------------------------------------- resolve
+def _spec(**parts) -> RunSpec:
+    return RunSpec.model_validate({"data": {"name": "digits"}, "train": {"steps": 5}, **parts})
+
+
+def test_resolve_ignores_runtime_options(tmp_path):
+    spec = _spec()
+    r1 = resolve(spec, RuntimeOptions(results_dir=tmp_path / "a", device="cpu"))
+    r2 = resolve(spec, RuntimeOptions(results_dir=tmp_path / "b", log_every=3, progress=False,
+                                      checkpoint_every=7, matrix="other", threads=1))
+    assert r1.run_id == r2.run_id
+    assert r1.param_count > 0 and r1.unavailable is None
+
+
+def test_resolve_fills_defaults_so_explicit_default_hashes_the_same():
+    implicit = resolve(_spec(), RuntimeOptions())
+    explicit = resolve(_spec(formulation={"name": "sit", "options": {"class_dropout": 0.1}}),
+                       RuntimeOptions())
+    assert implicit.run_id == explicit.run_id
+    assert implicit.spec.formulation.options == explicit.spec.formulation.options
+    assert implicit.spec.formulation.options["path"] == "linear"
+    different = resolve(_spec(formulation={"name": "sit", "options": {"class_dropout": 0.2}}),
+                        RuntimeOptions())
+    assert different.run_id != implicit.run_id
+    assert set(implicit.versions) >= {"attention", "formulation", "dataset", "backbone", "trainer"}
+
+
+@pytest.mark.parametrize("parts, match", [
+    ({"model": {"flavor": "tiny"}}, r"unknown model flavor 'tiny'.*debug"),
+    ({"model": {"patch_size": 3}}, r"patch_size 3 does not divide.*image size 8"),
+    ({"sample": {"sampler": "eulr"}}, r"unknown sampler 'eulr' \(allowed: .*euler"),
+    ({"sample": {"cfg_scale": 2.0}, "formulation": {"options": {"class_dropout": 0.0}}},
+     r"cfg_scale 2.0 needs a model trained with class_dropout > 0"),
+    ({"formulation": {"options": {"paht": "gvp"}}}, r"paht: unknown key"),
+    ({"attention": {"name": "softmaxx"}}, r"did you mean 'softmax'"),
+])
+def test_resolve_rejects_bad_specs(parts, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve(_spec(**parts), RuntimeOptions())
+
+
+def test_resolve_unknown_plugin_is_unknown_plugin_error():
+    with pytest.raises(UnknownPluginError):
+        resolve(_spec(formulation={"name": "sitt"}), RuntimeOptions())
+
+
+def test_resolve_arflow_batch_must_be_a_multiple_of_S():
+    pytest.importorskip("arflowbench.formulations.arflow")
+    form = {"name": "arflow", "options": {"images_per_sequence": 5}}
+    with pytest.raises(ConfigError, match=r"batch_size 32.*multiple of images_per_sequence 5"):
+        resolve(_spec(formulation=form, train={"steps": 5, "batch_size": 32}), RuntimeOptions())
+    ok = resolve(_spec(formulation=form, train={"steps": 5, "batch_size": 30}), RuntimeOptions())
+    assert ok.spec.formulation.options["images_per_sequence"] == 5
+
+
+def test_resolve_arflow_sequence_longer_than_smallest_class():
+    pytest.importorskip("arflowbench.formulations.arflow")
+    form = {"name": "arflow", "options": {"images_per_sequence": 1000}}
+    with pytest.raises(ConfigError, match="images_per_sequence"):
+        resolve(_spec(formulation=form, train={"steps": 5, "batch_size": 1000}), RuntimeOptions())
