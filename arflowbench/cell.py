@@ -13,6 +13,7 @@ import resource
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,18 +77,56 @@ def save_grid(images: torch.Tensor, per_row: int, path: Path, min_side: int = 32
     save_image(imgs, path, nrow=per_row, padding=2, pad_value=1.0)
 
 
+@dataclass
+class Sampled:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    nfe: int  # network evaluations per image
+    batch_images_per_s: list[float]  # one per batch (the first excluded when there are several)
+    seconds: float
+
+
 def sample_images(res: Resolved, model, labels: torch.Tensor, device: str, seed: int,
-                  batch_size: int) -> tuple[torch.Tensor, int, float]:
-    """Generate images for `labels` in batches; returns uint8 images, NFE per image, seconds."""
+                  batch_size: int, progress: bool = False, what: str = "sample") -> Sampled:
+    """Generate images for `labels` in batches from one seeded generator."""
     s = res.spec.sample
     g = torch.Generator().manual_seed(seed)
-    out, nfe, t0 = [], 0, time.perf_counter()
-    for i in range(0, len(labels), batch_size):
-        r = res.formulation.sample(model, labels[i : i + batch_size].to(device), s.steps, s.sampler,
-                                   s.cfg_scale, g, rtol=s.rtol, atol=s.atol)
-        out.append(to_uint8(r.images).cpu())
-        nfe = r.nfe
-    return torch.cat(out), nfe, time.perf_counter() - t0
+    out, rates, nfe, t_all = [], [], 0, time.perf_counter()
+    batches = range(0, len(labels), batch_size)
+    with progress_bar(f"{what} {res.run_id}", len(labels), progress) as bar:
+        for i in batches:
+            t0 = time.perf_counter()
+            chunk = labels[i : i + batch_size].to(device)
+            r = res.formulation.sample(model, chunk, s.steps, s.sampler, s.cfg_scale, g,
+                                       rtol=s.rtol, atol=s.atol)
+            out.append(to_uint8(r.images).cpu())
+            rates.append(len(chunk) / (time.perf_counter() - t0))
+            nfe = r.nfe
+            if bar:
+                bar(min(i + batch_size, len(labels)), len(labels), float("nan"), rates[-1])
+    if len(rates) > 1:
+        rates = rates[1:]  # warm-up batch
+    return Sampled(torch.cat(out), nfe, rates, time.perf_counter() - t_all)
+
+
+def training_mfu(res: Resolved, model, data, device: str, step_seconds: float) -> dict[str, float]:
+    """Model FLOP utilisation of training: FLOPs of one counted step (forward + backward) over
+    the median step time, against the matmul peak measured now in this process."""
+    from arflowbench.metrics.throughput import count_flops, matmul_peak_flops, mfu
+    from arflowbench.trainer import step_generator
+
+    g = step_generator(res.spec.train.seed, 0)
+    x, y = res.formulation.make_batch(data, res.spec.train.batch_size, g)
+    x, y = x.to(device), y.to(device)
+
+    def one_step():
+        res.formulation.training_loss(model, x, y, g)["loss"].backward()
+
+    flops = count_flops(one_step)
+    model.zero_grad(set_to_none=True)
+    peak = matmul_peak_flops(device)
+    achieved = flops / step_seconds
+    return {"train_flops_per_step": float(flops), "train_achieved_flops": achieved,
+            "matmul_peak_flops": peak, "mfu": mfu(achieved, peak)}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -162,17 +201,44 @@ def _train_sample_eval(res: Resolved, runtime: RuntimeOptions, device: str, resu
         "train_images_per_s_p80": percentile(ips, 0.8),
         "resumed_from_step": tr.resumed_from,
     }
+    metrics.update(training_mfu(res, model, data, device, percentile(tr.step_times, 0.5)))
     # sample grid: grid_per_class images of every class, one row per class
     s = spec.sample
     n_cls = res.dataset.num_classes
     labels = torch.arange(n_cls).repeat_interleave(s.grid_per_class)
-    imgs, nfe, secs = sample_images(res, ema, labels, device, s.seed, batch_size=len(labels))
-    save_grid(imgs, s.grid_per_class, art / SAMPLES)
+    grid = sample_images(res, ema, labels, device, s.seed, batch_size=len(labels))
+    save_grid(grid.images, s.grid_per_class, art / SAMPLES)
     row["artifacts"] = {"samples": f"{ARTIFACTS_DIR}/{res.run_id}/{SAMPLES}",
                         "loss_log": f"{ARTIFACTS_DIR}/{res.run_id}/{LOSS_LOG}"}
-    metrics.update(nfe=nfe, sampler=s.sampler, cfg_scale=s.cfg_scale,
-                   sample_images_per_s=len(labels) / secs)
+    metrics.update(nfe=grid.nfe, sampler=s.sampler, cfg_scale=s.cfg_scale,
+                   sample_images_per_s=len(labels) / grid.seconds)
+    if spec.eval.num_samples:
+        metrics.update(_evaluate(res, ema, runtime, device))
     metrics["peak_memory_mb"] = peak_memory_mb(device)
+    return metrics
+
+
+def _evaluate(res: Resolved, model, runtime: RuntimeOptions, device: str) -> dict[str, Any]:
+    """Class-balanced samples with a fixed seed, scored by torch-fidelity (FID, KID, PR) and
+    the dataset classifier (accuracy against the requested labels)."""
+    from arflowbench.metrics.evaluate import evaluate_samples
+
+    e, s = res.spec.eval, res.spec.sample
+    labels = torch.arange(e.num_samples) % res.dataset.num_classes
+    out = sample_images(res, model, labels, device, s.seed + 1, e.batch_size,
+                        progress=runtime.progress, what="eval")
+    metrics = evaluate_samples(out.images, labels, res.dataset, extractor=e.feature_extractor,
+                               reference_split=e.reference_split,
+                               kid_subset_size=e.kid_subset_size, cache_dir=runtime.cache_dir,
+                               batch_size=e.batch_size, device=device)
+    rates = out.batch_images_per_s
+    metrics.update({
+        "sample_images_per_s": percentile(rates, 0.5),
+        "sample_images_per_s_p20": percentile(rates, 0.2),
+        "sample_images_per_s_p80": percentile(rates, 0.8),
+        # image-evaluations per second: comparable across samplers with different NFE
+        "sample_image_nfe_per_s": percentile(rates, 0.5) * out.nfe,
+    })
     return metrics
 
 

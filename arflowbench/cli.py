@@ -113,6 +113,66 @@ def list_plugins(as_json: bool = typer.Option(False, "--json", help="JSON list o
     Console().print(table)
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ArflowbenchError(f"expected comma-separated integers, got {text!r}") from None
+
+
+@bench_app.command("attention")
+def bench_attention(
+        backends: str = typer.Option("", help="comma-separated backends (default: all available)"),
+        s: str = typer.Option("1,2,4,8,16,32,64", "--s", help="images per sequence S"),
+        n: str = typer.Option("16,64,256", "--n", help="tokens per image N"),
+        modes: str = typer.Option("forward,forward_backward,step", help="what to time"),
+        dim: int = 384, heads: int = 6, batch: int = 1, repeats: int = 5, warmup: int = 1,
+        threads: int | None = typer.Option(None, help="torch threads (default: torch's)"),
+        device: str = "cpu", results_dir: Path = RESULTS, progress: bool = True) -> None:
+    """Time attention backends against S, N and mode (A/B interleaved); rows go to bench.jsonl."""
+    from arflowbench.benchmarks.attention import markdown_table, run_attention_bench
+
+    rows = run_attention_bench([b for b in backends.split(",") if b] or None, _ints(s), _ints(n),
+                               [m for m in modes.split(",") if m], dim=dim, heads=heads,
+                               batch=batch, repeats=repeats, warmup=warmup, threads=threads,
+                               results_dir=results_dir, device=device, progress=progress)
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        typer.echo(markdown_table(rows, mode))
+
+
+@bench_app.command("sampling")
+def bench_sampling(steps: int = 250, batch: int = 8, flavor: str = "debug", repeats: int = 3,
+                   threads: int | None = None, device: str = "cpu",
+                   results_dir: Path = RESULTS) -> None:
+    """Whole-trajectory sampling ARFlow vs SiT, per-step time and state memory vs position."""
+    from arflowbench.benchmarks.sampling import run_sampling_bench, summary
+
+    rows = run_sampling_bench(results_dir=results_dir, steps=steps, batch=batch, flavor=flavor,
+                              repeats=repeats, threads=threads, device=device)
+    typer.echo(summary(rows))
+
+
+@app.command("eval")
+def eval_samples(
+        samples: Path = typer.Option(..., "--samples", help="ADM-style .npz or a folder of PNGs"),
+        dataset: str = typer.Option(..., "--dataset", help="reference dataset name"),
+        extractor: str = typer.Option("inception", help="inception | classifier"),
+        split: str = typer.Option("test", help="reference split"),
+        kid_subset_size: int | None = None, data_root: Path | None = DATA_ROOT,
+        cache_dir: Path | None = None, device: str = "cpu") -> None:
+    """Score any set of samples with the same metrics as a run (FID, KID, precision, recall)."""
+    from arflowbench.metrics.evaluate import evaluate_samples, load_samples_file, load_samples_labels
+    from arflowbench.plugins import DATASET
+
+    images = load_samples_file(samples)
+    labels = load_samples_labels(samples) if samples.suffix == ".npz" else None
+    ds = DATASET.get(dataset)(None, data_root)
+    ds.check_available()
+    metrics = evaluate_samples(images, labels, ds, extractor=extractor, reference_split=split,
+                               kid_subset_size=kid_subset_size, cache_dir=cache_dir, device=device)
+    typer.echo(json.dumps(metrics, indent=2))
+
+
 def main() -> None:
     """Console entry point: maps user errors to `error: ...` and exit code 2."""
     debug = "--debug" in sys.argv
