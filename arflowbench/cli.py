@@ -76,7 +76,7 @@ def run(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
         ex = SubmititExecutor(results_dir / "submitit", cluster=submitit_cluster, **params)
     counts = run_matrix(m, rt, ex, echo=typer.echo)
     typer.echo(f"{m.name}: {counts['ok']} ok, {counts['failed']} failed, "
-               f"{counts['cached']} cached")
+               f"{counts['cached']} cached, {counts['skipped']} skipped")
     if counts["failed"]:
         raise typer.Exit(1)
 

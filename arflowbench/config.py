@@ -15,6 +15,9 @@ Matrix file::
     [[exclude]]                        # drop cells matching every key given
     "formulation.name" = "sit"
     "attention.name" = "hybrid"
+
+A top-level ``on_unavailable = "skip"`` skips (instead of failing) cells whose plugin cannot run
+on this machine, so one matrix can list GPU-only backends.
 """
 
 from __future__ import annotations
@@ -195,6 +198,9 @@ class Matrix(Strict):
     base: dict[str, Any] = Field(default_factory=dict)
     axes: dict[str, list[Any]] = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
+    #: a cell whose plugin cannot run on this machine (e.g. xformers without CUDA): "fail" records
+    #: a failed row with the reason; "skip" runs nothing and prints the reason
+    on_unavailable: Literal["fail", "skip"] = "fail"
 
     @classmethod
     def from_file(cls, path: str | Path) -> Matrix:
@@ -205,15 +211,20 @@ class Matrix(Strict):
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: malformed TOML: {err}") from None
-        unknown = set(raw) - {"name", "base", "axes", "exclude"}
+        allowed = ("name", "base", "axes", "exclude", "on_unavailable")
+        unknown = set(raw) - set(allowed)
         if unknown:
             raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} "
-                              "(allowed: name, base, axes, exclude)")
+                              f"(allowed: {', '.join(allowed)})")
+        if raw.get("on_unavailable", "fail") not in ("fail", "skip"):
+            raise ConfigError(f"{path}: on_unavailable must be 'fail' or 'skip', "
+                              f"got {raw['on_unavailable']!r}")
         excludes = [_flatten_values(e) for e in raw.get("exclude", [])]
         base: dict[str, Any] = {}
         for k, v in _flatten_values(raw.get("base", {})).items():  # "a.b" keys and [a] tables alike
             _set_dotted(base, k, v)
         m = cls(name=raw.get("name", path.stem), path=path, base=base,
+                on_unavailable=raw.get("on_unavailable", "fail"),
                 axes=_flatten_axes(raw.get("axes", {})), exclude=excludes)
         m.cells()  # validate every cell now, before any work
         return m

@@ -83,13 +83,17 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
     planned = plan(matrix, runtime, warn=echo)
     executor = executor or LocalExecutor()
     runs_file = results_dir / RUNS_FILE
-    counts = {"ok": 0, "failed": 0, "cached": 0}
+    counts = {"ok": 0, "failed": 0, "cached": 0, "skipped": 0}
     runtime = runtime.model_copy(update={"matrix": matrix.name})
     for i, p in enumerate(planned, 1):
         head = f"[{i}/{len(planned)}] {p.resolved.run_id} {p.label}"
         if p.cached:
             echo(f"{head}: cached")
             counts["cached"] += 1
+            continue
+        if p.resolved.unavailable and matrix.on_unavailable == "skip":
+            echo(f"{head}: skipped (unavailable here: {p.resolved.unavailable})")
+            counts["skipped"] += 1
             continue
         echo(f"{head}: running")
         job = {"run_id": p.resolved.run_id, "spec": p.cell.spec.model_dump(mode="json"),
