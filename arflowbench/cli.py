@@ -137,7 +137,7 @@ def bench_attention(
                                batch=batch, repeats=repeats, warmup=warmup, threads=threads,
                                results_dir=results_dir, device=device, progress=progress)
     for mode in dict.fromkeys(r["mode"] for r in rows):
-        typer.echo(markdown_table(rows, mode))
+        typer.echo(markdown_table(rows, mode) + "\n")
 
 
 @bench_app.command("sampling")

@@ -24,10 +24,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from arflowbench.errors import ConfigError
-from arflowbench.plugins import Availability, PluginBase
+from arflowbench.plugins import Availability, PluginBase, format_validation_error
 
 
 class AttentionBackend(PluginBase, nn.Module):
@@ -48,7 +49,10 @@ class AttentionBackend(PluginBase, nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.chunk_size = chunk_size
-        self.config = self.Config(**options)
+        try:
+            self.config = self.Config(**options)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, f"attention {self.name!r} options")) from None
         self.implementation = self.availability().implementation
 
     # -- checks shared by every backend -------------------------------------------------

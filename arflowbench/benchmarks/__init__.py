@@ -1,0 +1,1 @@
+"""Micro-benchmarks (attention backends) and the measurement helpers they share."""
