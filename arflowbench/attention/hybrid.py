@@ -1,0 +1,201 @@
+"""ARFlow's hybrid chunk-wise attention: softmax inside a chunk, gated linear attention across.
+
+Per layer, as in the public ARFlow code (GitHub TheFllood/ARFlow, MIT), written anew here:
+
+- q, k, v, g = bias-free projections D -> D; RMSNorm (no affine, eps 1e-6) on q, k, v over the
+  full width D *before* the head split; k scaled by head_dim^-1/2 (so the inner softmax takes no
+  further scale).
+- per-token, per-head log-decay g_t = logsigmoid(decay_proj(x + cond)) / 16.
+- inner: full non-causal softmax attention inside each chunk.
+- cross: linear attention over earlier chunks only, identity feature map, no normaliser.
+  KV_c = K_c^T V_c, gamma_c = exp(mean_t g_t over chunk c), S_{c+1} = gamma_c S_c + KV_c,
+  S_0 = 0 or the carried state (entering the first chunk as is);
+  cross_i = (q_i * exp(cumsum of g within the chunk up to and including i)) S_c.
+- o = inner + cross -> per-head RMSNorm -> * SiLU(g_proj(x)) -> out_proj.
+
+`forward` is the chunk-parallel form (all chunk states at once through a decay matrix over
+chunks, no Python loop); `step` is the recurrent form, one chunk per call, with a constant-size
+(B, H, d, d) float32 state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arflowbench.attention import reference as ref
+from arflowbench.attention.base import AttentionBackend
+from arflowbench.plugins import Availability, PluginBase
+
+EPS = 1e-6
+GATE_LOGIT_NORMALIZER = 16.0
+
+
+class HybridAttention(AttentionBackend):
+    """ARFlow hybrid attention (softmax within a chunk, decayed linear attention across chunks).
+
+    Options: ``decay`` "gated" (default, ARFlow) or "none" (gamma = 1, no query-side decay, and
+    no ``decay_proj`` parameter); ``inner`` "softmax" (default, ARFlow) or "linear"
+    (bidirectional identity-feature-map linear attention inside the chunk, no normaliser).
+    """
+
+    name = "hybrid"
+    version = 1
+    conformance_variants: ClassVar[tuple[dict, ...]] = ({}, {"decay": "none"}, {"inner": "linear"})
+
+    class Config(PluginBase.Config):
+        """Ablation switches; the defaults are ARFlow's attention."""
+
+        decay: Literal["gated", "none"] = "gated"
+        inner: Literal["softmax", "linear"] = "softmax"
+
+    def __init__(self, dim: int, num_heads: int, chunk_size: int, **options: Any):
+        super().__init__(dim, num_heads, chunk_size, **options)
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.g_proj = nn.Linear(dim, dim, bias=False)
+        # Without decay the gate would get no gradient at all: do not create it.
+        self.decay_proj = nn.Linear(dim, num_heads, bias=False) if self.gated else None
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    @property
+    def gated(self) -> bool:
+        return self.config.decay == "gated"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(True, "pytorch (chunk-parallel forward, recurrent step)")
+
+    # -- shared by forward and step -------------------------------------------------------
+    def _project(self, x: torch.Tensor, cond: torch.Tensor | None):
+        """Projections, norms and log-decay, returned in float32 in the (B, H, S, N, d) layout.
+
+        Returns q, k, v: (B, H, S, N, d); log_decay: (B, H, S, N) or None; gate: (B, L, D).
+        """
+        b, n, dim = x.shape
+        if cond is not None and cond.shape != x.shape:
+            raise ValueError(
+                f"{self.name}: cond shape {tuple(cond.shape)} must equal x shape {tuple(x.shape)}"
+            )
+        s, c, h, d = n // self.chunk_size, self.chunk_size, self.num_heads, self.head_dim
+        # One matmul for q, k, v, g (and the decay logits' x part): cheaper than five on CPU.
+        # decay_proj(x + cond) is split as decay_proj(x) + decay_proj(cond) for the same reason.
+        linears = [self.q_proj, self.k_proj, self.v_proj, self.g_proj]
+        linears += [self.decay_proj] if self.gated else []
+        w = torch.cat([lin.weight for lin in linears])  # (4D [+ H], D)
+        y = F.linear(x, w).float()  # (B, L, 4D [+ H])
+        parts = y.split([3 * dim, dim, h][: len(linears) - 2], dim=-1)
+        qkv, gate = parts[0].view(b, n, 3, dim), parts[1]  # (B, L, 3, D), (B, L, D)
+        # RMSNorm of q, k and v over the full width D in one pass (a norm has a one-pass
+        # backward, x.square().mean() does not); k's head_dim^-1/2 is folded into its
+        # (B, L, 1, 1) normalising factor rather than spent on a pass of its own.
+        norm = torch.linalg.vector_norm(qkv, dim=-1, keepdim=True)  # (B, L, 3, 1)
+        r = torch.rsqrt(norm.square() / dim + EPS)
+        r = torch.cat([r[:, :, :1], r[:, :, 1:2] * d**-0.5, r[:, :, 2:]], dim=2)
+        qkv = (qkv.view(b, s, c, 3, h, d) * r.view(b, s, c, 3, 1, 1)).permute(3, 0, 4, 1, 2, 5)
+        q, k, v = qkv.contiguous().unbind(0)  # each (B, H, S, N, d)
+
+        log_decay = None
+        if self.gated:
+            logits = parts[2]  # (B, L, H)
+            if cond is not None:
+                logits = logits + self.decay_proj(cond.to(x.dtype)).float()
+            log_decay = F.logsigmoid(logits) / GATE_LOGIT_NORMALIZER
+            log_decay = log_decay.view(b, s, c, h).permute(0, 3, 1, 2)  # (B, H, S, N)
+        return q, k, v, log_decay, gate
+
+    def _inner(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch.Tensor):
+        """Attention inside each chunk. q, k, v: (B, H, S, N, d); kv = K_c^T V_c (B, H, S, d, d)."""
+        if self.config.inner == "linear":
+            return q @ kv  # (q k^T) v == q (k^T v), bidirectional, no normaliser
+        b, h, s, n, d = q.shape
+        # SDPA on (B, H*S, N, d): chunks are independent batch items; k is pre-scaled.
+        o = F.scaled_dot_product_attention(
+            q.view(b, h * s, n, d), k.view(b, h * s, n, d), v.view(b, h * s, n, d), scale=1.0
+        )
+        return o.view(b, h, s, n, d)
+
+    def _output(self, o: torch.Tensor, gate: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, H, S, N, d) mixed values -> per-head RMSNorm -> SiLU gate -> out_proj, (B, L, D)."""
+        b, h, s, n, d = o.shape
+        norm = torch.linalg.vector_norm(o, dim=-1, keepdim=True)  # (B, H, S, N, 1)
+        o = o * torch.rsqrt(norm.square() / d + EPS)  # per-head RMSNorm
+        # The gate comes first so that the product takes its (B, L, D) layout: the head merge
+        # happens inside the multiply instead of in a copy of its own.
+        o = F.silu(gate).view(b, s, n, h, d) * o.permute(0, 2, 3, 1, 4)  # (B, S, N, H, d)
+        return self.out_proj(o.reshape(b, s * n, h * d).to(dtype))
+
+    # -- the contract -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_sequence(x)
+        q, k, v, log_decay, gate = self._project(x, cond)
+        b, h, s, n, d = q.shape
+        kv = k.transpose(-1, -2) @ v  # (B, H, S, d, d): KV_c = K_c^T V_c
+        inner = self._inner(q, k, v, kv)
+
+        # State before chunk c: S_c = sum_{j<c} w[c, j] KV_j with
+        # w[c, j] = exp(sum_{j<m<c} log gamma_m) = exp(E_c - A_j), A = inclusive cumsum of
+        # log gamma over chunks and E = exclusive cumsum (A shifted by one, exact zeros first,
+        # so the weights of chunks < k never read chunk k: bit-exact chunk causality).
+        earlier = torch.ones(s, s, dtype=torch.bool, device=x.device).tril(-1)  # j < c
+        if log_decay is None:
+            weights = earlier.to(q.dtype).expand(b, h, s, s)
+            q_dec = q
+        else:
+            log_gamma = log_decay.mean(-1)  # (B, H, S)
+            incl = log_gamma.cumsum(-1)
+            excl = F.pad(incl[..., :-1], (1, 0))
+            diff = excl[..., :, None] - incl[..., None, :]  # (B, H, S, S)
+            # mask before exp: exp of the (positive) upper triangle could overflow to inf
+            weights = diff.masked_fill(~earlier, float("-inf")).exp()
+            q_dec = q * log_decay.cumsum(-1).exp()[..., None]  # intra-chunk query decay
+        states = weights @ kv.flatten(-2)  # (B, H, S, d*d)
+        # o = inner + q_dec S_c, the sum fused into the batched matmul
+        o = torch.baddbmm(inner.reshape(-1, n, d), q_dec.reshape(-1, n, d), states.view(-1, d, d))
+        return self._output(o.view(b, h, s, n, d), gate, x.dtype)
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """A zero (B, H, d, d) float32 state (its size never grows)."""
+        device = self.q_proj.weight.device if device is None else device
+        shape = (batch_size, self.num_heads, self.head_dim, self.head_dim)
+        return torch.zeros(shape, dtype=torch.float32, device=device)
+
+    def step(
+        self, x: torch.Tensor, state: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recurrent form: one chunk (B, N, D) against the state of all earlier chunks."""
+        self.check_chunk(x)
+        q, k, v, log_decay, gate = self._project(x, cond)  # (B, H, 1, N, d)
+        kv = k.transpose(-1, -2) @ v  # (B, H, 1, d, d)
+        inner = self._inner(q, k, v, kv)
+        s0 = state.float()[:, :, None]  # (B, H, 1, d, d)
+        if log_decay is None:
+            cross = q @ s0
+            new_state = s0 + kv
+        else:
+            cross = (q * log_decay.cumsum(-1).exp()[..., None]) @ s0
+            gamma = log_decay.mean(-1).exp()[..., None, None]  # (B, H, 1, 1, 1)
+            new_state = gamma * s0 + kv  # a new tensor: the given state is left untouched
+        return self._output(inner + cross, gate, x.dtype), new_state[:, :, 0]
+
+    def reference(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Loops over chunks and tokens in float64 (see `reference.hybrid_mix_ref`)."""
+        self.check_sequence(x)
+        q = ref.rms_norm_ref(ref.linear_ref(x, self.q_proj), EPS)  # (B, L, D)
+        k = ref.rms_norm_ref(ref.linear_ref(x, self.k_proj), EPS) / self.head_dim**0.5
+        v = ref.rms_norm_ref(ref.linear_ref(x, self.v_proj), EPS)
+        q, k, v = (ref.split_heads(t, self.num_heads) for t in (q, k, v))  # (B, H, L, d)
+        log_decay = None
+        if self.gated:
+            z = x.to(ref.REF_DTYPE) + (0.0 if cond is None else cond.to(ref.REF_DTYPE))
+            logits = ref.linear_ref(z, self.decay_proj)  # (B, L, H)
+            log_decay = -torch.log1p(torch.exp(-logits)).transpose(1, 2) / GATE_LOGIT_NORMALIZER
+        o, _ = ref.hybrid_mix_ref(q, k, v, log_decay, self.chunk_size, self.config.inner)
+        o = ref.merge_heads(ref.rms_norm_ref(o, EPS))  # (B, L, D)
+        gate = ref.linear_ref(x, self.g_proj)
+        o = o * gate * torch.sigmoid(gate)
+        return ref.linear_ref(o, self.out_proj).to(x.dtype)
