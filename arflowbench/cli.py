@@ -74,7 +74,7 @@ def run(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
     if executor is Executor.submitit:
         params = {"slurm_partition": slurm_partition} if slurm_partition else {}
         ex = SubmititExecutor(results_dir / "submitit", cluster=submitit_cluster, **params)
-    counts = run_matrix(m, rt, ex, echo=typer.echo)
+    counts = run_matrix(m, rt, ex, echo=typer.echo, warn=lambda msg: typer.echo(msg, err=True))
     typer.echo(f"{m.name}: {counts['ok']} ok, {counts['failed']} failed, "
                f"{counts['cached']} cached, {counts['skipped']} skipped")
     if counts["failed"]:

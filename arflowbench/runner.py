@@ -40,6 +40,10 @@ class Planned:
         return ", ".join(f"{k}={v}" for k, v in self.cell.values.items()) or "(base)"
 
 
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
 def check_results_dir(results_dir: Path) -> None:
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
@@ -50,7 +54,7 @@ def check_results_dir(results_dir: Path) -> None:
         raise ConfigError(f"results dir {results_dir} is not writable: {err.strerror}") from None
 
 
-def plan(matrix: Matrix, runtime: RuntimeOptions, warn=print) -> list[Planned]:
+def plan(matrix: Matrix, runtime: RuntimeOptions, warn=_stderr) -> list[Planned]:
     """Resolve every cell (raising on the first bad one) and mark the cached ones."""
     runs_file = Path(runtime.results_dir) / RUNS_FILE
     read = read_rows(runs_file)
@@ -76,11 +80,13 @@ def _row_count(runs_file: Path, run_id: str) -> int:
     return sum(1 for r in read_rows(runs_file).rows if r.get("run_id") == run_id)
 
 
-def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=print) -> dict[str, int]:
-    """Run every pending cell; returns counts of ok / failed / cached cells."""
+def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=print,
+               warn=_stderr) -> dict[str, int]:
+    """Run every pending cell; returns counts of ok / failed / cached / skipped cells.
+    `echo` gets progress lines, `warn` warnings (corrupt rows, re-runs)."""
     results_dir = Path(runtime.results_dir)
     check_results_dir(results_dir)
-    planned = plan(matrix, runtime, warn=echo)
+    planned = plan(matrix, runtime, warn=warn)
     executor = executor or LocalExecutor()
     runs_file = results_dir / RUNS_FILE
     counts = {"ok": 0, "failed": 0, "cached": 0, "skipped": 0}

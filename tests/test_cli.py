@@ -65,37 +65,47 @@ def test_run_writes_one_complete_row_per_cell(debug_results):
     assert {r["cell"]["sample.cfg_scale"] for r in rs} == {1.0, 2.0}
 
 
-def test_second_run_skips_finished_cells(debug_results):
+def test_second_run_skips_finished_cells(debug_results, monkeypatch, capsys):
     before = len(rows(debug_results))
-    out = cli("run", "--matrix", str(DEBUG_MATRIX), "--results-dir", str(debug_results),
-              "--no-progress")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.count(": cached") == 2
+    code, out, err = cli_inprocess(monkeypatch, capsys, "run", "--matrix", str(DEBUG_MATRIX),
+                                   "--results-dir", str(debug_results), "--no-progress")
+    assert code == 0, err
+    assert out.count(": cached") == 2
     assert len(rows(debug_results)) == before
 
 
-def test_validate_lists_cells_with_run_id_and_cache_state(debug_results):
-    out = cli("validate", "--matrix", str(DEBUG_MATRIX), "--results-dir", str(debug_results))
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
+def test_validate_lists_cells_with_run_id_and_cache_state(debug_results, monkeypatch, capsys):
+    code, out, err = cli_inprocess(monkeypatch, capsys, "validate", "--matrix", str(DEBUG_MATRIX),
+                                   "--results-dir", str(debug_results))
+    assert code == 0, err
+    lines = out.strip().splitlines()
     ids = {r["run_id"] for r in rows(debug_results)}
     assert len(lines) == 2
     for line in lines:
         assert line.split()[1] in ids and "cached" in line
 
 
-def test_corrupt_rows_are_reported_and_do_not_rerun_finished_cells(debug_results, tmp_path):
+def test_corrupt_rows_are_reported_and_do_not_rerun_finished_cells(debug_results, tmp_path,
+                                                                    monkeypatch, capsys):
     results = tmp_path / "res"
     results.mkdir()
     good = (debug_results / "runs.jsonl").read_text()
     (results / "runs.jsonl").write_text("{not json\n" + good + '{"run_id": "abc123", "sta')
-    out = cli("validate", "--matrix", str(DEBUG_MATRIX), "--results-dir", str(results))
-    assert out.returncode == 0, out.stderr
-    assert out.stderr.count("skipped corrupt row") == 2
-    assert out.stdout.count("cached") == 2
-    report = cli("report", "--results-dir", str(results), "--out", str(tmp_path / "rep"))
-    assert report.returncode == 0, report.stderr
+    code, out, err = cli_inprocess(monkeypatch, capsys, "run", "--matrix", str(DEBUG_MATRIX),
+                                   "--results-dir", str(results), "--no-progress")
+    assert code == 0, err
+    assert err.count("skipped corrupt row") == 2
+    assert out.count(": cached") == 2
+    code, _, err = cli_inprocess(monkeypatch, capsys, "report", "--results-dir", str(results),
+                                 "--out", str(tmp_path / "rep"))
+    assert code == 0, err
+    assert "skipped corrupt row" in err
     assert (tmp_path / "rep" / "report.md").exists()
+    # an appended row after the torn line stays parseable (the torn line is closed off first)
+    from arflowbench.results import append_row, read_rows
+
+    append_row(results / "runs.jsonl", {"run_id": "fff000", "status": "failed"})
+    assert read_rows(results / "runs.jsonl").rows[-1]["run_id"] == "fff000"
 
 
 def test_a_failing_cell_fails_alone(tmp_path):
