@@ -89,6 +89,7 @@ def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True) 
         except (ValueError, ConfigError, PluginUnavailableError) as err:
             raise ConfigError(f"{spec.attention.name}: {err}") from None
         param_count = count_parameters(model)
+        formulation.check_model(model)
 
     versions = {
         "attention": att_cls.version,

@@ -62,6 +62,9 @@ class Formulation(PluginBase):
     def check_data(self, data: ImageSet) -> None:
         """Raise ConfigError if this formulation cannot train on `data`."""
 
+    def check_model(self, model) -> None:
+        """Raise ConfigError if this formulation cannot use `model` (e.g. no recurrent step)."""
+
     def check_sampling(self, sampler: str, cfg_scale: float) -> None:
         if sampler not in self.samplers:
             raise ConfigError(f"{self.name}: unknown sampler {sampler!r} "
