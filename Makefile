@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RESULTS ?= results/quickstart
+RESULTS ?= results/demo
 
 .PHONY: demo test install lint clean-demo
 

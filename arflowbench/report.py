@@ -55,6 +55,12 @@ EVAL_CONTEXT = {
     "feature_extractor": "feature extractor", "eval_num_samples": "samples",
     "sampler": "sampler", "cfg_scale": "cfg scale",
 }
+# Recorded in every row for provenance, too detailed for the run table (rows keep them).
+DETAIL_METRICS = {
+    "classifier_test_accuracy", "extractor_version", "kid_subset_size", "kid_subsets",
+    "matmul_peak_flops", "reference_num", "sample_image_nfe_per_s", "train_achieved_flops",
+    "train_flops_per_step", "resumed_from_step",
+}
 # Spec-determined or spread values: not averaged over seeds.
 _NOT_AGGREGATED = {"nfe", "param_count", "eval_num_samples", "cfg_scale"}
 _SPREAD_SUFFIXES = ("_p20", "_p80")
@@ -451,7 +457,8 @@ def _runs_table(sub: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     cols = {"run_id": "run", **_axis_labels(axes), "status": "status"}
     if sub["attention_impl"].notna().any():
         cols["attention_impl"] = "attention impl"
-    extra = [m for m in metric_columns(sub) if m not in RUN_METRICS and m not in QUALITY_METRICS]
+    extra = [m for m in metric_columns(sub)
+             if m not in RUN_METRICS and m not in QUALITY_METRICS and m not in DETAIL_METRICS]
     return _table(sub, {**cols, **_present(sub, RUN_METRICS), **{m: m for m in extra}}, axes)
 
 
