@@ -128,6 +128,7 @@ def bench_attention(
         modes: str = typer.Option("forward,forward_backward,step", help="what to time"),
         dim: int = 384, heads: int = 6, batch: int = 1, repeats: int = 5, warmup: int = 1,
         threads: int | None = typer.Option(None, help="torch threads (default: torch's)"),
+        max_call_ms: float = typer.Option(600.0, help="skip configurations predicted slower"),
         device: str = "cpu", results_dir: Path = RESULTS, progress: bool = True) -> None:
     """Time attention backends against S, N and mode (A/B interleaved); rows go to bench.jsonl."""
     from arflowbench.benchmarks.attention import markdown_table, run_attention_bench
@@ -135,7 +136,8 @@ def bench_attention(
     rows = run_attention_bench([b for b in backends.split(",") if b] or None, _ints(s), _ints(n),
                                [m for m in modes.split(",") if m], dim=dim, heads=heads,
                                batch=batch, repeats=repeats, warmup=warmup, threads=threads,
-                               results_dir=results_dir, device=device, progress=progress)
+                               max_call_ms=max_call_ms, results_dir=results_dir, device=device,
+                               progress=progress)
     for mode in dict.fromkeys(r["mode"] for r in rows):
         typer.echo(markdown_table(rows, mode) + "\n")
 
