@@ -28,16 +28,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ValidationError
 
 from arflowbench import plots
 from arflowbench import results as store
+from arflowbench.paper import default_paper_dir, load_published
 from arflowbench.plots import MISSING, render_html, render_latex, render_markdown
-
-try:  # Python >= 3.11; pyproject requires tomli on 3.10
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib
 
 # Metrics of the run table, in display order, with their column labels.
 RUN_METRICS = {
@@ -68,54 +63,6 @@ BASELINE_BACKEND = "softmax"
 NO_MATRIX = "(no matrix)"
 _BENCH_CONFIG = ("dim", "heads", "batch", "device", "dtype")
 _BENCH_KEYS = ("backend", "implementation", "mode", "S", "N", *_BENCH_CONFIG)
-
-
-# ----------------------------------------------------------------------------- published numbers
-class PublishedResult(BaseModel):
-    """One published number, as a ``[[result]]`` table of a ``registry/paper/*.toml`` file."""
-
-    model_config = {"extra": "forbid", "frozen": True}
-    method: str
-    model: str | None = None
-    dataset: str
-    resolution: int
-    #: guidance scale; 1.0 means no guidance, absent means the source does not state it
-    cfg_scale: float | None = None
-    sampler: str | None = None
-    training_steps: str | None = None
-    fid: float
-    source: str
-    note: str | None = None
-
-
-class PaperFile(BaseModel):
-    """A ``registry/paper/*.toml`` file: an optional ``[paper]`` table and ``[[result]]`` rows."""
-
-    model_config = {"extra": "forbid", "frozen": True}
-    paper: dict[str, str] = {}
-    result: list[PublishedResult]
-
-
-def default_paper_dir() -> Path | None:
-    """``registry/paper`` of the checkout this package runs from, else of the working dir."""
-    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        if (base / "registry" / "paper").is_dir():
-            return base / "registry" / "paper"
-    return None
-
-
-def load_published(paper_dir: Path | None) -> tuple[pd.DataFrame, list[str]]:
-    """All published results under ``paper_dir`` (one row each) and one warning per bad file."""
-    rows, problems = [], []
-    for path in sorted(Path(paper_dir).glob("*.toml")) if paper_dir else []:
-        try:
-            parsed = PaperFile.model_validate(tomllib.loads(path.read_text()))
-        except (tomllib.TOMLDecodeError, ValidationError, OSError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            problems.append(f"warning: {path}: skipped published numbers: {first}")
-            continue
-        rows += [{**r.model_dump(), "file": path.name} for r in parsed.result]
-    return pd.DataFrame(rows), problems
 
 
 # ----------------------------------------------------------------------------- summarising rows

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from arflowbench import report
+from arflowbench import paper, report
 from arflowbench.results import append_row
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -165,7 +165,7 @@ def test_write_report_files_plots_and_labels(written) -> None:
         assert rid in md and rid in tex and rid in page
     assert "feature extractor: digits-classifier" in md and "samples: 500" in md
     assert "± " in md and r"$\pm$" in tex
-    published, problems = report.load_published(report.default_paper_dir())
+    published, problems = paper.load_published(paper.default_paper_dir())
     assert not problems and len(published) >= 6  # registry/paper: ARFlow and SiT numbers
     for text in (md, page):  # in their own, labelled section, after every measured table
         section = text[text.index("Published numbers (paper)"):]
@@ -212,7 +212,7 @@ def test_bad_paper_file_is_warned(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text('[[result]]\nmethod = "X"\nfid = "high"\n')
     (tmp_path / "good.toml").write_text(
         '[[result]]\nmethod = "X"\ndataset = "D"\nresolution = 32\nfid = 1.5\nsource = "s"\n')
-    df, problems = report.load_published(tmp_path)
+    df, problems = paper.load_published(tmp_path)
     assert list(df["method"]) == ["X"] and len(problems) == 1 and "bad.toml" in problems[0]
 
 
