@@ -139,7 +139,7 @@ def bench_attention(
                                max_call_ms=max_call_ms, results_dir=results_dir, device=device,
                                progress=progress)
     for mode in dict.fromkeys(r["mode"] for r in rows):
-        typer.echo(markdown_table(rows, mode) + "\n")
+        typer.echo(f"{mode} (median ms)\n" + markdown_table(rows, mode) + "\n")
 
 
 @bench_app.command("sampling")

@@ -129,8 +129,6 @@ class RuntimeOptions(Strict):
     matrix: str = ""
     #: torch intra-op threads per cell process (None: torch's default)
     threads: int | None = Field(None, ge=1)
-    #: stop after this many steps without finishing (tests use it to simulate a crash)
-    stop_after: int | None = None
 
     def resolved_device(self) -> str:
         if self.device != "auto":

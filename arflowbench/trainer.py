@@ -41,7 +41,6 @@ class TrainResult:
     step_times: list[float] = field(default_factory=list)
     images_per_step: int = 0
     resumed_from: int | None = None
-    finished: bool = False
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -91,11 +90,10 @@ def clip_gradients(model: nn.Module, spec: TrainSpec) -> None:
 
 def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, run_id: str,
           checkpoint_path: Path, device: str = "cpu", checkpoint_every: int = 100,
-          progress=None, stop_after: int | None = None) -> tuple[nn.Module, TrainResult]:
+          progress=None) -> tuple[nn.Module, TrainResult]:
     """Train (or resume) to `spec.steps`; returns the EMA model and what was measured.
 
-    `progress(step, total, loss, images_per_s)` is called after every step if given.
-    `stop_after` ends the loop early without finishing (used to simulate interruptions)."""
+    `progress(step, total, loss, images_per_s)` is called after every step if given."""
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas,
@@ -121,8 +119,6 @@ def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, run
 
     last_good = start
     for step in range(start, spec.steps):
-        if stop_after is not None and step - start >= stop_after:
-            return ema, result
         t0 = time.perf_counter()
         g = step_generator(spec.seed, step)
         x, y = formulation.make_batch(data, spec.batch_size, g)
@@ -153,5 +149,4 @@ def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, run
             last_good = done
         if progress is not None:
             progress(done, spec.steps, value, spec.batch_size / dt)
-    result.finished = True
     return ema, result

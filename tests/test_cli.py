@@ -179,3 +179,27 @@ def test_ls_json_lists_every_plugin_without_heavy_imports(monkeypatch, capsys):
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == "[]"
+
+
+def test_eval_scores_an_npz_and_rejects_a_bad_one(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from arflowbench.plugins import DATASET
+
+    test = DATASET.get("digits")().load("test")
+    good = tmp_path / "samples.npz"
+    np.savez(good, test.images[:, 0].numpy(), test.labels.numpy())  # ADM layout: (N, H, W)
+    code, out, err = cli_inprocess(monkeypatch, capsys, "eval", "--samples", str(good),
+                                   "--dataset", "digits", "--extractor", "classifier",
+                                   "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["feature_extractor"] == "classifier" and metrics["eval_num_samples"] == 360
+    assert abs(metrics["fid"]) < 1e-3  # the test split scored against itself
+    assert metrics["class_accuracy"] > 0.9
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, np.zeros((4, 8, 8), dtype=np.float32))
+    code, _, err = cli_inprocess(monkeypatch, capsys, "eval", "--samples", str(bad),
+                                 "--dataset", "digits", "--extractor", "classifier",
+                                 "--cache-dir", str(tmp_path / "cache"))
+    assert code == 2 and err.startswith("error:"), err

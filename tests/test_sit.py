@@ -225,7 +225,7 @@ def test_sixty_training_steps_lower_the_loss(digits_train, model_factory, tmp_pa
     ckpt = tmp_path / "ckpt.pt"
     ema, result = train(model, SiT(), digits_train, spec, run_id="test-sit", checkpoint_path=ckpt,
                         checkpoint_every=1000)
-    assert result.finished and len(result.losses) == 60 and ckpt.exists()
+    assert len(result.losses) == 60 and ckpt.exists()
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
     assert last < 0.8 * first, (first, last)
     assert all(math.isfinite(v) for v in result.losses)
