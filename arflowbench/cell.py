@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import sys
 import time
 import traceback
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from arflowbench.benchmarks.timing import summarize
 from arflowbench.config import RunSpec, RuntimeOptions
 from arflowbench.data.base import to_uint8
 from arflowbench.errors import ArflowbenchError, PluginUnavailableError
@@ -62,8 +64,13 @@ def downsample(losses: list[float], points: int = CURVE_POINTS) -> list[list[flo
     return [[i + 1, losses[i]] for i in idx]
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(torch.tensor(values, dtype=torch.float64).quantile(q)) if values else float("nan")
+def spread(name: str, values: list[float]) -> dict[str, float]:
+    """``name`` (median), ``name_p20`` and ``name_p80`` of `values`, through the benchmarks'
+    own `summarize`; NaN when nothing was measured in this process (a reloaded training)."""
+    if not values:
+        return dict.fromkeys((name, f"{name}_p20", f"{name}_p80"), float("nan"))
+    t = summarize(values)
+    return {name: t.median_ms, f"{name}_p20": t.p20_ms, f"{name}_p80": t.p80_ms}
 
 
 def save_grid(images: torch.Tensor, per_row: int, path: Path, min_side: int = 32) -> None:
@@ -193,13 +200,11 @@ def _train_sample_eval(res: Resolved, runtime: RuntimeOptions, device: str, resu
         "param_count": res.param_count,
         "train_loss_final": tr.losses[-1],
         "train_loss_smoothed": smoothed(tr.losses),
-        "train_images_per_s": percentile(ips, 0.5),
-        "train_images_per_s_p20": percentile(ips, 0.2),
-        "train_images_per_s_p80": percentile(ips, 0.8),
+        **spread("train_images_per_s", ips),
         "resumed_from_step": tr.resumed_from,
     }
     if tr.step_times:  # none when a finished training was only reloaded (e.g. eval re-run)
-        metrics.update(training_mfu(res, model, data, device, percentile(tr.step_times, 0.5)))
+        metrics.update(training_mfu(res, model, data, device, statistics.median(tr.step_times)))
     # sample grid: grid_per_class images of every class, one row per class
     s = spec.sample
     n_cls = res.dataset.num_classes
@@ -229,14 +234,9 @@ def _evaluate(res: Resolved, model, runtime: RuntimeOptions, device: str) -> dic
                                reference_split=e.reference_split,
                                kid_subset_size=e.kid_subset_size, cache_dir=runtime.cache_dir,
                                batch_size=e.batch_size, device=device)
-    rates = out.batch_images_per_s
-    metrics.update({
-        "sample_images_per_s": percentile(rates, 0.5),
-        "sample_images_per_s_p20": percentile(rates, 0.2),
-        "sample_images_per_s_p80": percentile(rates, 0.8),
-        # image-evaluations per second: comparable across samplers with different NFE
-        "sample_image_nfe_per_s": percentile(rates, 0.5) * out.nfe,
-    })
+    metrics.update(spread("sample_images_per_s", out.batch_images_per_s))
+    # image-evaluations per second: comparable across samplers with different NFE
+    metrics["sample_image_nfe_per_s"] = metrics["sample_images_per_s"] * out.nfe
     return metrics
 
 
