@@ -233,25 +233,26 @@ def test_entry_point_discovery_from_a_real_distribution(tmp_path, monkeypatch):
     sys.modules.pop(mod, None)
 
 
-def test_entry_point_colliding_with_another_distribution(tmp_path, monkeypatch):
+def _two_distributions_claiming_one_name(tmp_path, monkeypatch) -> tuple[Registry, str, str]:
+    """A registry whose entry-point group two installed distributions both fill with "doohickey"."""
     group = _unique("arflowbench.test-ep")
     first, second = _unique("abt-first").replace("_", "-"), _unique("abt-second").replace("_", "-")
     _write_distribution(tmp_path, first, group, {"doohickey": "abt_nowhere_a:X"})
     _write_distribution(tmp_path, second, group, {"doohickey": "abt_nowhere_b:X"})
     monkeypatch.syspath_prepend(str(tmp_path))
     reg = Registry("widget", BASE_REF, group)
+    return reg, first, second
+
+
+def test_entry_point_colliding_with_another_distribution(tmp_path, monkeypatch):
+    reg, first, second = _two_distributions_claiming_one_name(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="collision") as exc:
         reg.discover()
     assert first in str(exc.value) and second in str(exc.value)
 
 
 def test_collision_is_reported_again_on_the_next_lookup(tmp_path, monkeypatch):
-    group = _unique("arflowbench.test-ep")
-    first, second = _unique("abt-first").replace("_", "-"), _unique("abt-second").replace("_", "-")
-    _write_distribution(tmp_path, first, group, {"doohickey": "abt_nowhere_a:X"})
-    _write_distribution(tmp_path, second, group, {"doohickey": "abt_nowhere_b:X"})
-    monkeypatch.syspath_prepend(str(tmp_path))
-    reg = Registry("widget", BASE_REF, group)
+    reg, _, _ = _two_distributions_claiming_one_name(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="collision"):
         reg.names()
     with pytest.raises(ConfigError, match="collision"):
