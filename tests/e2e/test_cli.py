@@ -13,7 +13,7 @@ import torch
 
 from arflowbench.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEBUG_MATRIX = ROOT / "registry" / "matrices" / "debug.toml"
 
 

@@ -12,7 +12,7 @@ from arflowbench.config import Matrix, RuntimeOptions
 from arflowbench.executors import SubmititExecutor
 from arflowbench.runner import run_matrix
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_submitit_local_executor_runs_and_caches_cells(tmp_path):
