@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from arflowbench.errors import ArflowbenchError
+from arflowbench.metrics.extractors import extractors_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark and ablation suite for autoregressive flow-matching generators.")
@@ -39,16 +40,23 @@ def _runtime(results_dir: Path, data_root: Path | None, **kw):
 @app.command()
 def validate(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
              results_dir: Path = RESULTS, data_root: Path | None = DATA_ROOT) -> None:
-    """Expand and check a matrix: one line per cell with its run_id and whether it is cached."""
+    """Expand and check a matrix: one line per cell with its run_id, train_id and what a run
+    would do (cached / to train / trained (shared) / shared with an earlier cell)."""
     from arflowbench.config import Matrix
-    from arflowbench.runner import plan
+    from arflowbench.runner import CACHED, TO_TRAIN, plan
 
     m = Matrix.from_file(matrix)
-    for p in plan(m, _runtime(results_dir, data_root), warn=lambda s: typer.echo(s, err=True)):
-        state = "cached" if p.cached else "to run"
-        if p.resolved.unavailable:
-            state = f"unavailable: {p.resolved.unavailable}"
-        typer.echo(f"{p.cell.index:3d}  {p.resolved.run_id}  {state:8s}  {p.label}")
+    planned = plan(m, _runtime(results_dir, data_root), warn=lambda s: typer.echo(s, err=True))
+    typer.echo(f"{'cell':>4}  {'run_id':12}  {'train_id':12}  {'state':28}  axes")
+    for p in planned:
+        typer.echo(f"{p.cell.index:4d}  {p.resolved.run_id}  {p.resolved.train_id}  "
+                   f"{p.describe:28}  {p.label}")
+    n = {s: sum(p.state == s and not p.resolved.unavailable for p in planned)
+         for s in (CACHED, TO_TRAIN)}
+    trainings = len({p.resolved.train_id for p in planned if p.state == TO_TRAIN})
+    unavailable = sum(bool(p.resolved.unavailable) for p in planned)
+    typer.echo(f"{m.name}: {len(planned)} cells, {len(planned) - n[CACHED] - unavailable} to run "
+               f"({trainings} trainings), {n[CACHED]} cached, {unavailable} unavailable")
 
 
 @app.command()
@@ -158,7 +166,7 @@ def bench_sampling(steps: int = 250, batch: int = 8, flavor: str = "debug", repe
 def eval_samples(
         samples: Path = typer.Option(..., "--samples", help="ADM-style .npz or a folder of PNGs"),
         dataset: str = typer.Option(..., "--dataset", help="reference dataset name"),
-        extractor: str = typer.Option("inception", help="inception | classifier"),
+        extractor: str = typer.Option("inception", help=f"feature extractor: {extractors_help()}"),
         split: str = typer.Option("test", help="reference split"),
         kid_subset_size: int | None = None, data_root: Path | None = DATA_ROOT,
         cache_dir: Path | None = None, device: str = "cpu") -> None:

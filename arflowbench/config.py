@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from arflowbench.errors import ConfigError
 from arflowbench.plugins import format_validation_error
@@ -91,12 +91,33 @@ class SampleSpec(Strict):
     atol: float = Field(1e-6, gt=0)
 
 
+class MetricSpec(Strict):
+    """One metric plugin (``eval.metrics = [{ name = "fidelity", options = {...} }]``); its options
+    are validated by the plugin's own Config (`METRIC.validate_options`)."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+#: what a run scores when `eval.metrics` is not given: fast dataset-classifier features
+DEFAULT_METRICS = (MetricSpec(name="fidelity", options={"extractor": "classifier"}),
+                   MetricSpec(name="class-accuracy"))
+
+
 class EvalSpec(Strict):
-    #: generated images scored against the reference split; 0 skips the evaluation stage
+    """Evaluation: the final one (``num_samples``) and during training (``at``)."""
+
+    #: generated images scored at the end of training; 0 skips the final evaluation
     num_samples: int = Field(0, ge=0)
-    feature_extractor: Literal["classifier", "inception"] = "classifier"
-    reference_split: str = "test"
-    kid_subset_size: int = Field(100, ge=2)
+    #: metric plugins, each scoring the same samples (see `arflowbench ls`)
+    metrics: list[MetricSpec] = Field(default_factory=lambda: list(DEFAULT_METRICS), min_length=1)
+    #: evaluation points during training, increasing, in `at_unit` (images seen, or steps);
+    #: the EMA weights at each point are sampled with the cell's sampler and scored
+    at: list[int] = Field(default_factory=list)
+    at_unit: Literal["images", "steps"] = "images"
+    #: samples per evaluation point (default: num_samples)
+    at_num_samples: int | None = Field(None, ge=1)
+    #: images per sampling / feature-extraction batch
     batch_size: int = Field(100, ge=1)
 
 
@@ -112,8 +133,45 @@ class RunSpec(Strict):
     sample: SampleSpec = Field(default_factory=SampleSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
 
+    @model_validator(mode="after")
+    def _check_eval_points(self) -> RunSpec:
+        self.eval_steps()  # raises on bad points
+        return self
+
+    def eval_steps(self) -> list[int]:
+        """`eval.at` as training steps (validated: increasing, inside training, whole steps)."""
+        e, t = self.eval, self.train
+        if not e.at:
+            return []
+        if not (e.at_num_samples or e.num_samples):
+            raise ValueError("eval.at needs eval.at_num_samples (or eval.num_samples) > 0")
+        per_step = t.batch_size if e.at_unit == "images" else 1
+        total = t.steps * per_step
+        for a, b in zip(e.at, e.at[1:]):
+            if b <= a:
+                raise ValueError(f"eval.at must be increasing, got {a} then {b}")
+        for p in e.at:
+            if not 0 < p <= total:
+                detail = (f"{total} images: train.steps {t.steps} x batch_size {t.batch_size}"
+                          if e.at_unit == "images" else f"{total} steps")
+                raise ValueError(f"eval.at point {p} is outside training (1..{detail})")
+            if p % per_step:
+                raise ValueError(f"eval.at point {p} images is not a whole number of steps of "
+                                 f"{per_step} images (train.batch_size)")
+        return [p // per_step for p in e.at]
+
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def train_json(self) -> str:
+        """The canonical JSON of what changes the trained weights (the training stage's key)."""
+        part = self.model_dump(mode="json", include=set(TRAIN_FIELDS))
+        return json.dumps(part, sort_keys=True, separators=(",", ":"))
+
+
+#: the RunSpec sections that determine the trained weights; the rest (sample, eval) only say
+#: how they are sampled and scored, so cells differing there share one training stage
+TRAIN_FIELDS = ("data", "model", "attention", "formulation", "train")
 
 
 class RuntimeOptions(Strict):
@@ -138,11 +196,21 @@ class RuntimeOptions(Strict):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run_hash(spec: RunSpec, versions: dict[str, int]) -> str:
-    """Short stable hash of the normalised spec and every code version that changes numbers."""
-    payload = json.dumps({"spec": json.loads(spec.canonical_json()), "versions": versions},
+def _short_hash(spec_json: str, versions: dict[str, int]) -> str:
+    payload = json.dumps({"spec": json.loads(spec_json), "versions": versions},
                          sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def run_hash(spec: RunSpec, versions: dict[str, int]) -> str:
+    """Short stable hash of the normalised spec and every code version that changes numbers."""
+    return _short_hash(spec.canonical_json(), versions)
+
+
+def train_hash(spec: RunSpec, versions: dict[str, int]) -> str:
+    """Short stable hash of what changes the trained weights (`TRAIN_FIELDS`, and the versions
+    of the code that trains: pass only those)."""
+    return _short_hash(spec.train_json(), versions)
 
 
 # ---------------------------------------------------------------------------------- matrices

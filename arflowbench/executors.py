@@ -12,13 +12,15 @@ executor returns the exit status and the tail of its log, and the runner records
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from arflowbench.results import Job
 
 LOG_NAME = "cell.log"
 
@@ -36,17 +38,17 @@ def _tail(path: Path, chars: int = 2000) -> str:
         return ""
 
 
-def write_job(job: dict[str, Any], art_dir: Path) -> Path:
+def write_job(job: Job, art_dir: Path) -> Path:
     art_dir.mkdir(parents=True, exist_ok=True)
     path = art_dir / "job.json"
-    path.write_text(json.dumps(job, indent=2, default=str))
+    path.write_text(job.model_dump_json(indent=2))
     return path
 
 
 class LocalExecutor:
     name = "local"
 
-    def run(self, job: dict[str, Any], art_dir: Path) -> CellOutcome:
+    def run(self, job: Job, art_dir: Path) -> CellOutcome:
         job_file = write_job(job, art_dir)
         log = art_dir / LOG_NAME
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -65,7 +67,7 @@ class SubmititExecutor:
     def __init__(self, folder: Path, cluster: str | None = None, **slurm_params: Any):
         self.folder, self.cluster, self.params = Path(folder), cluster, slurm_params
 
-    def run(self, job: dict[str, Any], art_dir: Path) -> CellOutcome:
+    def run(self, job: Job, art_dir: Path) -> CellOutcome:
         import submitit
 
         from arflowbench.cell import main as cell_main

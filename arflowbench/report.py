@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from arflowbench import plots
+from arflowbench import plots, quality_curves
 from arflowbench import results as store
 from arflowbench.paper import default_paper_dir, load_published
 from arflowbench.plots import MISSING, render_html, render_latex, render_markdown
@@ -41,10 +41,24 @@ RUN_METRICS = {
     "peak_memory_mb": "peak mem (MB)", "param_count": "params", "mfu": "MFU",
     "duration_s": "time (s)",
 }
-QUALITY_METRICS = {
-    "fid": "FID", "kid_mean": "KID", "kid_std": "KID std", "precision": "precision",
-    "recall": "recall", "class_accuracy": "class acc.",
-}
+
+
+def metric_displays() -> dict[str, Any]:
+    """key -> `Display` of every quality value a registered metric plugin declares (built-in
+    and contributed, in registry order): the report's quality columns come from here."""
+    from arflowbench.errors import ArflowbenchError
+    from arflowbench.plugins import METRIC
+
+    out: dict[str, Any] = {}
+    for name in METRIC.names():
+        try:
+            out.update({k: d for k, d in METRIC.load(name).display.items() if k not in out})
+        except ArflowbenchError:  # a broken plugin: its columns show as plain metrics
+            continue
+    return out
+
+
+QUALITY_METRICS = {k: d.label for k, d in metric_displays().items()}
 # Settings recorded with the evaluation: in the table header when constant, else a column.
 EVAL_CONTEXT = {
     "feature_extractor": "feature extractor", "eval_num_samples": "samples",
@@ -78,6 +92,8 @@ class Summary:
     seeds: dict[str, pd.DataFrame]
     #: run_id -> [[step, loss], ...]
     curves: dict[str, list]
+    #: run_id -> [EvalPoint, ...] (quality vs images seen)
+    eval_curves: dict[str, list]
     #: bench kind -> its rows (latest per configuration)
     bench: dict[str, pd.DataFrame]
     #: attention backends' crossover S against softmax, one row per (config, mode, N, series)
@@ -105,39 +121,27 @@ def _first_line(text: Any) -> str | None:
     return lines[0] if lines else None
 
 
-def _spec_get(spec: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(spec, dict):
-            return None
-        spec = spec.get(part)
-    return spec
-
-
-def _run_record(row: dict[str, Any], reserved: set[str]) -> dict[str, Any]:
-    spec = row.get("spec") or {}
-    rec: dict[str, Any] = {
-        "matrix": str(row.get("matrix") or NO_MATRIX), "run_id": row["run_id"],
-        "status": row.get("status") or "unknown",
-    }
-    for key, value in (row.get("cell") or {}).items():
+def _run_record(row: store.RunRecord, reserved: set[str]) -> dict[str, Any]:
+    rec: dict[str, Any] = {"matrix": row.matrix or NO_MATRIX, "run_id": row.run_id,
+                           "status": row.status, "train_id": row.train_id}
+    for key, value in row.cell.items():
         rec[key if key not in reserved else f"axis:{key}"] = _scalar(value)
-    for key, value in (row.get("metrics") or {}).items():
+    for key, value in row.metrics.items():
         rec.setdefault(key, _scalar(value))
     # Fall back on the spec for settings the FID plots need when metrics lack them.
     if rec.get("cfg_scale") is None:
-        rec["cfg_scale"] = _spec_get(spec, "sample.cfg_scale")
-    steps = next((_spec_get(spec, k) for k in ("train.steps", "train.max_steps")
-                  if _spec_get(spec, k) is not None), None)
-    rec["train_steps"] = steps
-    rec["attention_impl"] = _spec_get(row.get("plugins") or {}, "attention.implementation")
-    rec["duration_s"] = row.get("duration_s")
-    rec["error"] = _first_line(row.get("error"))
-    rec["samples"] = (row.get("artifacts") or {}).get("samples")
-    rec["finished"] = row.get("finished")
+        rec["cfg_scale"] = row.setting("sample.cfg_scale")
+    rec["train_steps"] = row.setting("train.steps")
+    att = row.plugins.get("attention")
+    rec["attention_impl"] = att.implementation if att and att.implementation else None
+    rec["duration_s"] = row.duration_s
+    rec["error"] = _first_line(row.error)
+    rec["samples"] = row.artifacts.get("samples")
+    rec["finished"] = row.finished
     return rec
 
 
-_RESERVED = {"matrix", "run_id", "status", "train_steps", "attention_impl", "duration_s", "error",
+_RESERVED = {"matrix", "run_id", "train_id", "status", "train_steps", "attention_impl", "duration_s", "error",
              "samples", "finished", *RUN_METRICS, *QUALITY_METRICS, *EVAL_CONTEXT}
 
 
@@ -153,27 +157,18 @@ def _numeric(df: pd.DataFrame, skip: set[str]) -> pd.DataFrame:
     return df
 
 
-def summarize_rows(run_rows: list[dict], bench_rows: list[dict] | None = None,
+def summarize_rows(run_rows: list[store.RunRecord], bench_rows: list[store.BenchRecord] = (),
                    published: pd.DataFrame | None = None) -> Summary:
-    """Turn raw rows into DataFrames. Later rows for a run_id supersede earlier ones (a failed
+    """Turn records into DataFrames. Later rows for a run_id supersede earlier ones (a failed
     run rerun ok); the run keeps its first position so tables stay stable across reruns."""
     problems: list[str] = []
-    bench_rows = list(bench_rows or [])
-    latest: dict[str, dict] = {}
+    latest: dict[str, store.RunRecord] = {}
     for row in run_rows:
-        kind = row.get("kind", "run")
-        if kind == "bench":
-            bench_rows.append(row)
-        elif kind != "run":
-            problems.append(f"warning: skipped row of unknown kind {kind!r}")
-        elif not isinstance(row.get("run_id"), str):
-            problems.append("warning: skipped run row without a run_id")
-        else:
-            latest[row["run_id"]] = row
+        latest[row.run_id] = row
     axes: dict[str, list[str]] = {}
     for row in latest.values():
-        cols = axes.setdefault(str(row.get("matrix") or NO_MATRIX), [])
-        for key in row.get("cell") or {}:
+        cols = axes.setdefault(row.matrix or NO_MATRIX, [])
+        for key in row.cell:
             col = key if key not in _RESERVED else f"axis:{key}"
             if col not in cols:
                 cols.append(col)
@@ -183,12 +178,14 @@ def summarize_rows(run_rows: list[dict], bench_rows: list[dict] | None = None,
     if not runs.empty:
         runs = _numeric(runs, {"matrix", "run_id", "status"} | {a for v in axes.values()
                                                                    for a in v})
-    curves = {rid: ((r.get("curves") or {}).get("loss") or []) for rid, r in latest.items()}
+    curves = {rid: r.loss_curve for rid, r in latest.items()}
+    eval_curves = {rid: r.eval_curve for rid, r in latest.items() if r.eval_curve}
     seeds = {m: aggregate_seeds(runs[runs["matrix"] == m], a) for m, a in axes.items()
              if any(is_seed_axis(x) for x in a)}
     bench = _bench_tables(bench_rows, problems)
     crossovers = attention_crossovers(bench.get("attention", pd.DataFrame()))
-    return Summary(runs=runs, axes=axes, seeds=seeds, curves=curves, bench=bench,
+    return Summary(runs=runs, axes=axes, seeds=seeds, curves=curves, eval_curves=eval_curves,
+                   bench=bench,
                    crossovers=crossovers,
                    published=published if published is not None else pd.DataFrame(),
                    problems=problems)
@@ -236,15 +233,10 @@ def aggregate_seeds(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _bench_tables(rows: list[dict], problems: list[str]) -> dict[str, pd.DataFrame]:
+def _bench_tables(rows: list[store.BenchRecord], problems: list[str]) -> dict[str, pd.DataFrame]:
     by_kind: dict[str, list[dict]] = {}
     for row in rows:
-        kind = row.get("bench")
-        if not isinstance(kind, str):
-            problems.append("warning: skipped bench row without a 'bench' kind")
-            continue
-        flat = {k: _scalar(v) for k, v in row.items() if k not in ("schema", "kind", "env")}
-        by_kind.setdefault(kind, []).append(flat)
+        by_kind.setdefault(row.bench, []).append({k: _scalar(v) for k, v in row.flat().items()})
     out = {}
     for kind, recs in by_kind.items():
         df = pd.DataFrame(recs)
@@ -308,8 +300,8 @@ def attention_crossovers(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- formatting
-_DECIMALS = {"fid": 2, "kid_mean": 4, "kid_std": 4, "precision": 3, "recall": 3,
-             "class_accuracy": 3, "mfu": 3, "duration_s": 1, "cfg_scale": 2}
+_DECIMALS = {**{k: d.decimals for k, d in metric_displays().items()},
+             "mfu": 3, "duration_s": 1, "cfg_scale": 2}
 _INTEGERS = {"nfe", "eval_num_samples", "n_runs", "S", "N", "dim", "heads", "batch",
              "state_bytes", "crossover_S", "max_S", "resolution"}
 _THREE_SIG = {"train_images_per_s", "sample_images_per_s"}
@@ -483,6 +475,8 @@ def _matrix_blocks(m: str, s: Summary, results_dir: Path, out_dir: Path,
               for rid, r in sub.set_index("run_id").iterrows()} if same != axes else None
     figs = plots.matrix_plots(m, sub, axes, labels, s.curves, out_dir / "plots", problems,
                               groups)
+    figs += quality_curves.matrix_quality_plots(m, sub, s.eval_curves, labels, groups,
+                                                metric_displays(), out_dir / "plots", problems)
     blocks += [("img", cap, p.relative_to(out_dir).as_posix()) for cap, p in figs]
     gallery = plots.copy_sample_grids(sub, labels, results_dir, out_dir, problems)
     if gallery:
@@ -556,12 +550,9 @@ def build_blocks(s: Summary, results_dir: Path, out_dir: Path) -> list[Block]:
     return head + body
 
 
-def load_results(results_dir: Path) -> tuple[list[dict], list[dict], list[str]]:
-    """Run rows, bench rows and one warning per corrupt line, read from ``results_dir``."""
-    runs = store.read_rows(results_dir / store.RUNS_FILE)
-    bench = store.read_rows(results_dir / store.BENCH_FILE)
-    return (runs.rows, bench.rows, runs.describe_problems(results_dir / store.RUNS_FILE)
-            + bench.describe_problems(results_dir / store.BENCH_FILE))
+def load_results(results_dir: Path) -> store.Loaded:
+    """Run and bench records, and one warning per unreadable row, from ``results_dir``."""
+    return store.load(results_dir / store.RUNS_FILE, results_dir / store.BENCH_FILE)
 
 
 def write_report(results_dir: Path, out_dir: Path, paper_dir: Path | None = None) -> Path:
@@ -570,11 +561,11 @@ def write_report(results_dir: Path, out_dir: Path, paper_dir: Path | None = None
     checkout's ``registry/paper``. Warnings (corrupt rows, missing files) go to stderr and into
     the report; nothing is re-run."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    run_rows, bench_rows, problems = load_results(results_dir)
+    loaded = load_results(results_dir)
     published, paper_problems = load_published(paper_dir if paper_dir is not None
                                                 else default_paper_dir())
-    summary = summarize_rows(run_rows, bench_rows, published)
-    summary.problems = problems + paper_problems + summary.problems
+    summary = summarize_rows(loaded.runs, loaded.bench, published)
+    summary.problems = loaded.problems + paper_problems + summary.problems
     out_dir.mkdir(parents=True, exist_ok=True)
     blocks = build_blocks(summary, results_dir, out_dir)
     for p in summary.problems:

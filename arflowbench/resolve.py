@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from arflowbench.config import RunSpec, RuntimeOptions, run_hash
+from arflowbench.config import MetricSpec, RunSpec, RuntimeOptions, run_hash, train_hash
 from arflowbench.errors import ConfigError
 from arflowbench.models.backbone import BACKBONE_VERSION, DiT, count_parameters
 from arflowbench.models.flavors import FLAVORS
@@ -33,6 +33,10 @@ class Resolved:
     #: why this cell cannot run on this machine (None if it can)
     unavailable: str | None = None
     attention_implementation: str = ""
+    #: the shared training stage: hash of what changes the trained weights
+    train_id: str = ""
+    #: the metric plugins the evaluation runs (built from eval.metrics), in order
+    metrics: tuple = ()
 
     def build_model(self, device: str = "cpu") -> DiT:
         spec, ds = self.spec, self.dataset
@@ -67,10 +71,13 @@ def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True) 
     if ds.image_size % spec.model.patch_size:
         raise ConfigError(f"model.patch_size {spec.model.patch_size} does not divide the "
                           f"{spec.data.name} image size {ds.image_size}")
+    metric_specs = [MetricSpec(name=m.name, options=METRIC.validate_options(m.name, m.options))
+                    for m in spec.eval.metrics]
     spec = spec.model_copy(update={
         "data": spec.data.model_copy(update={"options": data_opts}),
         "attention": spec.attention.model_copy(update={"options": att_opts}),
         "formulation": spec.formulation.model_copy(update={"options": form_opts}),
+        "eval": spec.eval.model_copy(update={"metrics": metric_specs}),
     })
     form_cls = FORMULATION.get(spec.formulation.name)
     formulation = form_cls(form_cls.Config(**form_opts))
@@ -91,14 +98,31 @@ def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True) 
         param_count = count_parameters(model)
         formulation.check_model(model)
 
-    versions = {
+    train_versions = {
         "attention": att_cls.version,
         "formulation": form_cls.version,
         "dataset": DATASET.load(spec.data.name).version,
         "backbone": BACKBONE_VERSION,
         "trainer": TRAINER_VERSION,
     }
-    if spec.eval.num_samples:
-        versions["metric"] = METRIC.load("fidelity").version
+    metrics = _metrics(spec) if (spec.eval.num_samples or spec.eval.at) else ()
+    # a metric's version enters the hash only when the run evaluates with it
+    versions = {**train_versions, **{f"metric:{m.name}": m.version for m in metrics}}
     return Resolved(spec, run_hash(spec, versions), versions, ds, formulation, param_count,
-                    unavailable, avail.implementation)
+                    unavailable, avail.implementation, train_hash(spec, train_versions), metrics)
+
+
+def _metrics(spec: RunSpec) -> tuple:
+    """The listed metric plugins, built with their options; unknown, unavailable or colliding
+    ones raise (before any work)."""
+    out, shown = [], {}
+    for m in spec.eval.metrics:
+        cls = METRIC.get(m.name)  # raises for unknown or unavailable metrics
+        for key in cls.display:
+            if key in shown:
+                raise ConfigError(f"eval.metrics: {m.name!r} and {shown[key]!r} both report "
+                                  f"{key!r}; list one per cell (cells that differ only in "
+                                  "eval.metrics share their training)")
+            shown[key] = m.name
+        out.append(cls(cls.Config(**m.options)))
+    return tuple(out)

@@ -27,6 +27,7 @@ from torch import nn
 from arflowbench.config import TrainSpec
 from arflowbench.data.base import ImageSet
 from arflowbench.errors import ArflowbenchError, NonFiniteLossError
+from arflowbench.machine import synchronize
 
 #: bump when the training loop's numerics change (feeds the run hash)
 TRAINER_VERSION = 1
@@ -63,19 +64,25 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     """Atomic write: a crash leaves either the old or the new checkpoint, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill: leave no half-written file behind
+        raise
 
 
-def load_checkpoint(path: Path, run_id: str) -> dict | None:
+def load_checkpoint(path: Path, train_id: str) -> dict | None:
+    """A checkpoint or snapshot of training `train_id` (None if absent); weights only."""
     if not path.exists():
         return None
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("run_id") != run_id:
-        raise ArflowbenchError(f"checkpoint {path} belongs to run {ckpt.get('run_id')}, not {run_id}")
+    owner = ckpt.get("train_id", ckpt.get("run_id"))
+    if owner != train_id:
+        raise ArflowbenchError(f"checkpoint {path} belongs to training {owner}, not {train_id}")
     return ckpt
 
 
@@ -88,19 +95,22 @@ def clip_gradients(model: nn.Module, spec: TrainSpec) -> None:
         nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
 
 
-def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, run_id: str,
+def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, train_id: str,
           checkpoint_path: Path, device: str = "cpu", checkpoint_every: int = 100,
-          progress=None) -> tuple[nn.Module, TrainResult]:
+          snapshots: dict[int, Path] | None = None, progress=None) -> tuple[nn.Module, TrainResult]:
     """Train (or resume) to `spec.steps`; returns the EMA model and what was measured.
 
+    `snapshots` maps steps to files where the EMA weights at that step are kept (written before
+    any later checkpoint, so a resumed run never lacks an earlier snapshot).
     `progress(step, total, loss, images_per_s)` is called after every step if given."""
+    snapshots = snapshots or {}
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas,
                             weight_decay=spec.weight_decay)
     result = TrainResult(images_per_step=spec.batch_size)
     start = 0
-    ckpt = load_checkpoint(checkpoint_path, run_id)
+    ckpt = load_checkpoint(checkpoint_path, train_id)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
@@ -113,7 +123,7 @@ def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, run
                 else nullcontext())
 
     def payload(step: int) -> dict:
-        return {"run_id": run_id, "step": step, "model": model.state_dict(),
+        return {"train_id": train_id, "step": step, "model": model.state_dict(),
                 "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                 "rng_cpu": torch.get_rng_state(), "losses": result.losses}
 
@@ -137,13 +147,15 @@ def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, run
         clip_gradients(model, spec)
         opt.step()
         update_ema(ema, model, ema_decay_at(spec.ema_decay, step))
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize(device)
         dt = time.perf_counter() - t0
         if step - start >= WARMUP_STEPS:
             result.step_times.append(dt)
         result.losses.append(value)
         done = step + 1
+        if done in snapshots:
+            save_checkpoint(snapshots[done], {"train_id": train_id, "step": done,
+                                              "ema": ema.state_dict()})
         if done % checkpoint_every == 0 or done == spec.steps:
             save_checkpoint(checkpoint_path, payload(done))
             last_good = done

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from arflowbench.benchmarks.timing import measure_peak_memory, tensor_bytes, time_interleaved
 from arflowbench.errors import ArflowbenchError, ConfigError
 from arflowbench.plugins import ATTENTION
-from arflowbench.results import BENCH_FILE, append_row, environment_stamp, now_iso
+from arflowbench.results import BENCH_FILE, BenchRecord, append, environment_stamp
 
 MODES = ("forward", "forward_backward", "step")
 DEFAULT_S = (1, 2, 4, 8, 16, 32, 64)
@@ -129,17 +129,17 @@ def _sweep(backends, S_values, N_values, modes, dim, heads, batch, repeats, warm
     torch_dtype, out_file = DTYPES[dtype], Path(results_dir) / BENCH_FILE
     env = environment_stamp(device)
     rows: list[dict[str, Any]] = []
-    base = {"schema": 1, "kind": "bench", "bench": "attention", "dim": dim, "heads": heads,
-            "batch": batch, "dtype": dtype, "device": device, "repeats": repeats,
-            "warmup": warmup}
+    base = {"dim": dim, "heads": heads, "batch": batch, "dtype": dtype, "device": device,
+            "repeats": repeats, "warmup": warmup}
 
-    def record(**fields: Any) -> None:
-        row = {**base, "timestamp": now_iso(), "implementation": None, "median_ms": None,
-               "p20_ms": None, "p80_ms": None, "min_ms": None, "peak_memory_mb": None,
-               "memory_method": None, "state_bytes": None, "status": "ok", "reason": None,
-               **fields, "env": env}
-        rows.append(row)
-        append_row(out_file, row)
+    def record(status: str = "ok", reason: str | None = None, **fields: Any) -> None:
+        values = {**base, "implementation": None, "median_ms": None, "p20_ms": None,
+                  "p80_ms": None, "min_ms": None, "peak_memory_mb": None, "memory_method": None,
+                  "state_bytes": None, **fields}
+        rec = BenchRecord(bench="attention", status=status, reason=reason, env=env,
+                          values=values)
+        append(out_file, rec)
+        rows.append(rec.flat())
 
     total = len(N_values) * len(S_values) * len(modes)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -219,7 +219,7 @@ def _predicted_over(prev: tuple[int, float, float] | None, s: int, mode: str,
 
 def _ok_rows(rows: Iterable[dict[str, Any]], mode: str, n: int | None,
              several_n: bool = False) -> list[dict[str, Any]]:
-    picked = [r for r in rows if r.get("kind") == "bench" and r.get("bench") == "attention"
+    picked = [r for r in rows if r.get("bench") == "attention"
               and r.get("mode") == mode and r.get("status", "ok") == "ok"
               and r.get("median_ms") is not None]
     ns = sorted({r["N"] for r in picked})

@@ -25,9 +25,10 @@ import torch
 
 from arflowbench.benchmarks.timing import time_callable
 from arflowbench.metrics.evaluate import evaluate_samples, reference_images
-from arflowbench.metrics.features import EXTRACTORS, prepare_extractor
+from arflowbench.metrics.extractors import EXTRACTORS
+from arflowbench.metrics.features import prepare_extractor
 from arflowbench.plugins import DATASET
-from arflowbench.results import BENCH_FILE, append_row, environment_stamp, now_iso
+from arflowbench.results import BENCH_FILE, BenchRecord, append, environment_stamp
 
 DEFAULT_NOISE = (0.05, 0.1, 0.2)
 TRAIN_SEED = 1
@@ -65,7 +66,7 @@ def features_per_second(extractor: str, dataset: Any, cache_dir: str | Path | No
 
 def run_metrics_sanity(
     dataset: str = "fashion-mnist",
-    extractors: Sequence[str] = EXTRACTORS,
+    extractors: Sequence[str] = tuple(EXTRACTORS),
     noise_levels: Sequence[float] = DEFAULT_NOISE,
     results_dir: str | Path = "results",
     num: int = 500,
@@ -83,11 +84,11 @@ def run_metrics_sanity(
     train_images, train_labels = _subset(train.images, train.labels, num, TRAIN_SEED)
     rows: list[dict[str, Any]] = []
 
-    def emit(**fields: Any) -> None:
-        row = {"schema": 1, "kind": "bench", "bench": "metrics-sanity", "dataset": dataset,
-               "timestamp": now_iso(), "status": "ok", **fields, "env": env}
-        append_row(out_file, row)
-        rows.append(row)
+    def emit(status: str = "ok", **fields: Any) -> None:
+        rec = BenchRecord(bench="metrics-sanity", status=status, env=env,
+                          values={"dataset": dataset, **fields})
+        append(out_file, rec)
+        rows.append(rec.flat())
 
     def score(extractor, common, images, labels, check, **extra) -> float:
         t = time.perf_counter()
@@ -95,7 +96,7 @@ def run_metrics_sanity(
                              batch_size=batch_size, device=device, reference_num=num)
         seconds = time.perf_counter() - t
         say(f"{extractor} {check} {extra}: FID {r['fid']:.3f} ({seconds:.0f} s)")
-        keep = {k: r[k] for k in ("fid", "kid_mean", "kid_std", "precision", "recall",
+        keep = {k: r.get(k) for k in ("fid", "kid_mean", "kid_std", "precision", "recall",
                                   "class_accuracy", "eval_num_samples", "reference_num",
                                   "kid_subset_size")}
         emit(check=check, **common, **extra, **keep, seconds=round(seconds, 2))

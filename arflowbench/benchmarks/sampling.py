@@ -29,7 +29,7 @@ from arflowbench.formulations.arflow import ARFlow
 from arflowbench.formulations.sit import SiT
 from arflowbench.models.backbone import DiT
 from arflowbench.models.flavors import FLAVORS
-from arflowbench.results import BENCH_FILE, append_row, environment_stamp, now_iso
+from arflowbench.results import BENCH_FILE, BenchRecord, append, environment_stamp
 
 #: ARFlow-hybrid sampling time over SiT's that we accept (same backbone, batch and NFE)
 RATIO_TARGET = 1.25
@@ -78,7 +78,7 @@ def run_sampling_bench(
         torch.set_num_threads(threads)
     out_file = Path(results_dir) / BENCH_FILE
     env = environment_stamp(device)
-    base = {"schema": 1, "kind": "bench", "bench": "sampling", "flavor": flavor, "batch": batch,
+    base = {"flavor": flavor, "batch": batch,
             "image_size": image_size, "channels": channels, "patch_size": patch_size,
             "tokens_per_image": (image_size // patch_size) ** 2, "sampler": sampler,
             "steps": steps, "cfg_scale": cfg_scale, "device": device, "warmup": warmup}
@@ -86,11 +86,11 @@ def run_sampling_bench(
 
     def record(**fields: Any) -> dict[str, Any]:
         # the load average says how much other work shared the machine (wall-clock timings)
-        row = {**base, "timestamp": now_iso(), "status": "ok", "load_avg_1m": os.getloadavg()[0],
-               **fields, "env": env}
-        rows.append(row)
-        append_row(out_file, row)
-        return row
+        rec = BenchRecord(bench="sampling", env=env, values={
+            **base, "load_avg_1m": os.getloadavg()[0], **fields})
+        append(out_file, rec)
+        rows.append(rec.flat())
+        return rows[-1]
 
     models = {name: _model(attn, flavor, image_size, channels, patch_size, num_classes, device,
                            seed) for name, (_, attn) in VARIANTS.items()}

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from arflowbench.machine import synchronize
+
 MB = 1024.0**2
 
 
@@ -65,10 +67,13 @@ def summarize(samples_ms: list[float] | tuple[float, ...]) -> Timing:
     return Timing(float(med), float(p20), float(p80), float(a.min()), len(a), tuple(map(float, a)))
 
 
-def synchronize(device: str | torch.device) -> None:
-    """Wait for queued GPU work (no-op on CPU)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+def spread(name: str, values: list[float]) -> dict[str, float]:
+    """``name`` (median), ``name_p20`` and ``name_p80`` of `values` through `summarize`;
+    NaN when nothing was measured (e.g. a run that reused a finished training)."""
+    if not values:
+        return dict.fromkeys((name, f"{name}_p20", f"{name}_p80"), float("nan"))
+    t = summarize(values)
+    return {name: t.median_ms, f"{name}_p20": t.p20_ms, f"{name}_p80": t.p80_ms}
 
 
 def _timed_call(fn: Callable[[], Any], device: str | torch.device) -> float:

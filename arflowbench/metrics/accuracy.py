@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, Field
 
 from arflowbench.errors import ConfigError
-from arflowbench.metrics.base import Metric
+from arflowbench.metrics.base import Display, Metric
 from arflowbench.plugins import Availability
 
 
@@ -21,6 +21,9 @@ class ClassAccuracy(Metric):
 
     name = "class-accuracy"
     version = 1
+    display: ClassVar[dict[str, Display]] = {
+        "class_accuracy": Display("class acc.", higher_is_better=True),
+    }
 
     class Config(BaseModel):
         model_config = {"extra": "forbid", "frozen": True}

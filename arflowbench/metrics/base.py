@@ -22,8 +22,9 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -102,8 +103,25 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class Display:
+    """How a metric's value is shown: column label, direction and decimals."""
+
+    label: str
+    #: True / False: the better direction (arrows in tables); None: not a quality score
+    higher_is_better: bool | None = None
+    decimals: int = 3
+
+
 class Metric(PluginBase):
-    """Base class of metric plugins (see the module docstring for the contract)."""
+    """Base class of metric plugins (see the module docstring for the contract).
+
+    ``display`` declares the keys of `compute`'s result shown in the report's quality table, in
+    order (other keys are kept in the row as provenance). Two metrics listed in one run must not
+    display the same key.
+    """
+
+    display: ClassVar[dict[str, Display]] = {}
 
     def __init__(self, config: PluginBase.Config | None = None):
         self.config = config if config is not None else self.Config()

@@ -178,7 +178,6 @@ def evaluate_samples(
         "kid_std": float(raw[torch_fidelity.KEY_METRIC_KID_STD]),
         "precision": float(raw[torch_fidelity.KEY_METRIC_PRECISION]),
         "recall": float(raw[torch_fidelity.KEY_METRIC_RECALL]),
-        "class_accuracy": None,
         "feature_extractor": extractor,
         "extractor_version": spec.version,
         "eval_num_samples": n,

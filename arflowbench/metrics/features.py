@@ -19,19 +19,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from arflowbench.errors import ConfigError
 from arflowbench.metrics import classifier, inception
 from arflowbench.metrics.base import FeatureWeightsError
+from arflowbench.metrics.extractors import check_extractor
 
-ExtractorName = Literal["inception", "classifier"]
-EXTRACTORS: tuple[str, ...] = ("inception", "classifier")
 #: names in torch-fidelity's registry (prefixed: that registry is global)
 INCEPTION_TF_NAME = "arflowbench-inception-v3"
 CLASSIFIER_TF_NAME = "arflowbench-classifier"
@@ -117,11 +115,6 @@ class ExtractorSpec:
     #: identifies the weights inside cache file names (trained classifiers differ by content)
     weights_tag: str
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def check_extractor(name: str) -> None:
-    if name not in EXTRACTORS:
-        raise ConfigError(f"unknown feature extractor {name!r} (known: {', '.join(EXTRACTORS)})")
 
 
 def extractor_version(name: str) -> int:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, Field
 
-from arflowbench.metrics.base import Metric
+from arflowbench.metrics.base import Display, Metric
+from arflowbench.metrics.extractors import ExtractorName, extractors_help
 from arflowbench.plugins import Availability
 
 
@@ -18,15 +19,22 @@ class FidelityMetric(Metric):
 
     ``extractor="inception"`` gives the standard FID Inception features (report these);
     ``"classifier"`` a dataset-trained CNN's features (fast checks; not comparable with
-    published FIDs). Class accuracy is added when labels are given.
+    published FIDs). Class accuracy is its own metric (``class-accuracy``).
     """
 
     name = "fidelity"
     version = 1
+    display: ClassVar[dict[str, Display]] = {
+        "fid": Display("FID", higher_is_better=False, decimals=2),
+        "kid_mean": Display("KID", higher_is_better=False, decimals=4),
+        "kid_std": Display("KID std", decimals=4),
+        "precision": Display("precision", higher_is_better=True),
+        "recall": Display("recall", higher_is_better=True),
+    }
 
     class Config(BaseModel):
         model_config = {"extra": "forbid", "frozen": True}
-        extractor: Literal["inception", "classifier"] = "inception"
+        extractor: ExtractorName = Field("inception", description=extractors_help())
         reference_split: str = "test"
         reference_num: int | None = Field(None, ge=1, description="seeded reference subset")
         kid_subset_size: int | None = Field(None, ge=2, description="None: 1000, or half the smaller set")
@@ -51,8 +59,9 @@ class FidelityMetric(Metric):
         from arflowbench.metrics.evaluate import evaluate_samples
 
         c = self.config
+        # labels=None: class accuracy is the class-accuracy metric's job, not this one's
         return evaluate_samples(
-            samples, labels, dataset, extractor=c.extractor, reference_split=c.reference_split,
+            samples, None, dataset, extractor=c.extractor, reference_split=c.reference_split,
             kid_subset_size=c.kid_subset_size, cache_dir=cache_dir, batch_size=c.batch_size,
             device=device, kid_subsets=c.kid_subsets, reference_num=c.reference_num,
         )

@@ -16,11 +16,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from arflowbench.errors import ConfigError
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from arflowbench.machine import synchronize
 
 
 def matmul_peak_flops(
@@ -50,13 +46,13 @@ def matmul_peak_flops(
     b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
     flops = 2.0 * size**3
     F.linear(a, b)  # warm-up: kernel selection, thread pool start, clocks
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         F.linear(a, b)
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return flops / min(times)
 

@@ -78,11 +78,14 @@ def test_validate_lists_cells_with_run_id_and_cache_state(debug_results, monkeyp
     code, out, err = cli_inprocess(monkeypatch, capsys, "validate", "--matrix", str(DEBUG_MATRIX),
                                    "--results-dir", str(debug_results))
     assert code == 0, err
-    lines = out.strip().splitlines()
+    header, *lines, summary = out.strip().splitlines()
     ids = {r["run_id"] for r in rows(debug_results)}
+    assert header.split()[:4] == ["cell", "run_id", "train_id", "state"]
     assert len(lines) == 2
     for line in lines:
         assert line.split()[1] in ids and "cached" in line
+    assert lines[0].split()[2] == lines[1].split()[2]  # one cfg sweep: one shared training
+    assert summary == "debug: 2 cells, 0 to run (0 trainings), 2 cached, 0 unavailable"
 
 
 def test_corrupt_rows_are_reported_and_do_not_rerun_finished_cells(debug_results, tmp_path,

@@ -105,9 +105,9 @@ def written(results: Path) -> tuple[Path, str, str]:
 
 
 def _summary(results: Path) -> report.Summary:
-    runs, bench, problems = report.load_results(results)
-    s = report.summarize_rows(runs, bench)
-    s.problems = problems + s.problems
+    loaded = report.load_results(results)
+    s = report.summarize_rows(loaded.runs, loaded.bench)
+    s.problems = loaded.problems + s.problems
     return s
 
 
@@ -151,10 +151,11 @@ def test_bench_crossover_found(results: Path) -> None:
 
 
 def test_crossover_none_when_never_faster(results: Path) -> None:
-    runs, bench, _ = report.load_results(results)
-    slow = [{**r, "median_ms": r["median_ms"] * 1e3}
-            if r.get("backend") == "linear" and r.get("median_ms") else r for r in bench]
-    cross = report.summarize_rows(runs, slow).crossovers
+    loaded = report.load_results(results)
+    slow = [b.model_copy(update={"values": {**b.values, "median_ms": b.values["median_ms"] * 1e3}})
+            if b.values.get("backend") == "linear" and b.values.get("median_ms") else b
+            for b in loaded.bench]
+    cross = report.summarize_rows(loaded.runs, slow).crossovers
     assert cross["crossover_S"].isna().all()
 
 

@@ -16,7 +16,9 @@ import torch
 
 from arflowbench.config import RunSpec, RuntimeOptions
 from arflowbench.errors import NonFiniteLossError
+from arflowbench.executors import write_job
 from arflowbench.resolve import resolve
+from arflowbench.results import Job, run_artifacts, train_artifacts
 from arflowbench.trainer import load_checkpoint, train
 
 SPEC = {
@@ -27,20 +29,18 @@ SPEC = {
 }
 
 
-def make_job(results_dir: Path) -> tuple[dict, Path]:
+def make_job(results_dir: Path) -> tuple[Path, Path]:
+    """The cell's job file, and the folder of its (shared) training stage."""
     spec = RunSpec.model_validate(SPEC)
     runtime = RuntimeOptions(results_dir=results_dir, checkpoint_every=4, progress=False)
-    run_id = resolve(spec, runtime).run_id
-    job = {"run_id": run_id, "spec": spec.model_dump(mode="json"),
-           "runtime": runtime.model_dump(mode="json"), "cell": {}}
-    art = results_dir / "artifacts" / run_id
-    art.mkdir(parents=True)
-    (art / "job.json").write_text(json.dumps(job))
-    return job, art
+    res = resolve(spec, runtime)
+    job = Job(run_id=res.run_id, train_id=res.train_id, spec=spec, runtime=runtime)
+    job_file = write_job(job, run_artifacts(results_dir, res.run_id))
+    return job_file, train_artifacts(results_dir, res.train_id)
 
 
-def cell_process(art: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "arflowbench.cell", str(art / "job.json")],
+def cell_process(job_file: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "arflowbench.cell", str(job_file)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -53,13 +53,13 @@ def checkpoint_step(path: Path) -> int:
 
 def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     # uninterrupted reference run
-    _, art_a = make_job(tmp_path / "a")
-    proc = cell_process(art_a)
+    job_a, art_a = make_job(tmp_path / "a")
+    proc = cell_process(job_a)
     assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
 
     # the same run, killed with SIGKILL once a mid-run checkpoint exists, then resumed
     job_b, art_b = make_job(tmp_path / "b")
-    proc = cell_process(art_b)
+    proc = cell_process(job_b)
     deadline = time.time() + 240
     while checkpoint_step(art_b / "checkpoint.pt") < 12:
         assert proc.poll() is None, "run finished before it could be killed"
@@ -69,7 +69,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     assert proc.wait(timeout=30) == -signal.SIGKILL
     killed_at = checkpoint_step(art_b / "checkpoint.pt")
     assert 12 <= killed_at < 40
-    proc = cell_process(art_b)
+    proc = cell_process(job_b)
     assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
 
     a = torch.load(art_a / "checkpoint.pt", weights_only=True)
@@ -82,6 +82,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     assert a["losses"] == b["losses"]
     row = json.loads((tmp_path / "b" / "runs.jsonl").read_text().splitlines()[-1])
     assert row["status"] == "ok" and row["metrics"]["resumed_from_step"] == killed_at
+    assert row["train_stage"] == "resumed"
 
 
 class NaNAfter:
@@ -108,9 +109,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     ckpt = tmp_path / "checkpoint.pt"
     with pytest.raises(NonFiniteLossError) as info:
         train(model, NaNAfter(res.formulation, 7), res.dataset.load("train"), spec.train,
-              run_id=res.run_id, checkpoint_path=ckpt, checkpoint_every=4)
+              train_id=res.train_id, checkpoint_path=ckpt, checkpoint_every=4)
     msg = str(info.value)
     assert "non-finite loss" in msg and "step 7" in msg and "step 4" in msg
-    kept = load_checkpoint(ckpt, res.run_id)
+    kept = load_checkpoint(ckpt, res.train_id)
     assert kept["step"] == 4
     assert all(torch.isfinite(v).all() for v in kept["model"].values())

@@ -1,0 +1,68 @@
+"""The machine a number was measured on, and the device helpers every measurement shares.
+
+- `environment_stamp`: code version, libraries and hardware, stored with every row.
+- `synchronize`: wait for queued GPU work before reading a clock (no-op on CPU).
+- `process_peak_memory_mb`: the process's peak memory so far (CUDA allocator peak, else peak RSS).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for queued GPU work (no-op on CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def process_peak_memory_mb(device: str | torch.device) -> float:
+    """Peak memory of this process so far: CUDA's allocator peak on a GPU, else peak RSS."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_stamp(device: str | None = None) -> dict[str, Any]:
+    """Machine stamp stored with every row: code version, libraries, hardware."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(dirty) if dirty is not None else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device or ("cuda" if gpu else "cpu"),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "platform": platform.platform(),
+    }
