@@ -9,6 +9,7 @@ import torch
 from arflowbench.models.backbone import DiT, count_parameters
 from arflowbench.models.embeddings import sincos_2d
 from arflowbench.models.flavors import FLAVORS
+from arflowbench.models.interface import GenerativeModel
 
 # SiT's paper (Table 1): SiT-S/2 33M, B/2 130M, L/2 458M, XL/2 675M parameters.
 # Measured here (patch 2, 32x32x4 latents, 1000 classes):
@@ -117,3 +118,13 @@ def test_step_by_step_reproduces_chunk_causal_forward(debug_model):
     par2 = debug_model(x2, t, y)
     assert torch.equal(par2[:, :-1], par[:, :-1])
     assert not torch.allclose(par2[:, -1], par[:, -1])
+
+
+def test_dit_implements_the_model_interface(model_factory):
+    model = model_factory()
+    assert isinstance(model, GenerativeModel)
+    assert (model.channels, model.image_size, model.null_class) == (1, 8, 10)
+    assert model.supports_step  # softmax has a KV-cache step
+    # one attention layer without a recurrent step is enough to lose the recurrent form
+    model.blocks[-1].attn.supports_step = False
+    assert not model.supports_step
