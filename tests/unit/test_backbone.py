@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from arflowbench.config import AttentionSpec, ModelSpec
+from arflowbench.errors import ConfigError
 from arflowbench.models.backbone import DiT, count_parameters
+from arflowbench.models.build import build_model
 from arflowbench.models.embeddings import sincos_2d
 from arflowbench.models.flavors import FLAVORS
 from arflowbench.models.interface import GenerativeModel
@@ -128,3 +131,19 @@ def test_dit_implements_the_model_interface(model_factory):
     # one attention layer without a recurrent step is enough to lose the recurrent form
     model.blocks[-1].attn.supports_step = False
     assert not model.supports_step
+
+
+def test_build_model_from_specs():
+    spec, attn = ModelSpec(flavor="debug", patch_size=2), AttentionSpec(name="hybrid")
+    torch.manual_seed(3)
+    built = build_model(spec, attn, image_size=8, channels=1, num_classes=10)
+    torch.manual_seed(3)
+    direct = DiT(image_size=8, channels=1, patch_size=2, num_classes=10, flavor=FLAVORS["debug"],
+                 attention="hybrid")
+    assert built.state_dict().keys() == direct.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(),
+                                                 direct.state_dict().values()))
+    meta = build_model(spec, attn, image_size=8, channels=1, num_classes=10, device="meta")
+    assert next(meta.parameters()).is_meta
+    with pytest.raises(ConfigError, match="unknown model flavor 'tiny'"):
+        build_model(ModelSpec(flavor="tiny"), attn, image_size=8, channels=1, num_classes=10)
