@@ -106,6 +106,14 @@ class Registry(Generic[T]):
 
         return deco(cls) if cls is not None else deco
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` and whatever was loaded or failed for it: the undo of `register`, for
+        tests and sessions that add a throwaway plugin. Unknown names raise UnknownPluginError."""
+        self._check_known(name)
+        del self._entries[name]
+        self._resolved.pop(name, None)
+        self._errors.pop(name, None)
+
     def _add(self, name: str, entry: _Entry) -> None:
         if name in self._entries:
             old = self._entries[name].origin

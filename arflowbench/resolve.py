@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from arflowbench.config import MetricSpec, RunSpec, RuntimeOptions, run_hash, train_hash
 from arflowbench.errors import ConfigError
 from arflowbench.models.backbone import BACKBONE_VERSION, DiT, count_parameters
+from arflowbench.models.build import build_model
 from arflowbench.models.flavors import FLAVORS
 from arflowbench.plugins import ATTENTION, DATASET, FORMULATION, METRIC, PluginUnavailableError
 from arflowbench.trainer import TRAINER_VERSION
@@ -39,12 +38,9 @@ class Resolved:
     metrics: tuple = ()
 
     def build_model(self, device: str = "cpu") -> DiT:
-        spec, ds = self.spec, self.dataset
-        with torch.device(device):
-            return DiT(image_size=ds.image_size, channels=ds.channels,
-                       patch_size=spec.model.patch_size, num_classes=ds.num_classes,
-                       flavor=FLAVORS[spec.model.flavor], attention=spec.attention.name,
-                       attention_options=spec.attention.options)
+        ds = self.dataset
+        return build_model(self.spec.model, self.spec.attention, image_size=ds.image_size,
+                           channels=ds.channels, num_classes=ds.num_classes, device=device)
 
 
 _DATA_CACHE: dict[tuple, object] = {}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from arflowbench.config import AttentionSpec, ModelSpec
 from arflowbench.data.base import ImageSet
 from arflowbench.data.digits import Digits
 from arflowbench.models.backbone import DiT
-from arflowbench.models.flavors import FLAVORS
+from arflowbench.models.build import build_model
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +24,15 @@ def digits_train(digits: Digits) -> ImageSet:
 
 
 def make_debug_model(*, image_size: int = 8, channels: int = 1, patch_size: int = 2,
-                     num_classes: int = 10, randomize: bool = False, seed: int = 0) -> DiT:
-    """A debug-flavor softmax DiT. With `randomize`, every parameter gets seeded noise so the
-    adaLN-Zero gates and output layer are no longer zero (otherwise the model outputs 0)."""
+                     num_classes: int = 10, randomize: bool = False, seed: int = 0,
+                     attention: str = "softmax") -> DiT:
+    """A debug-flavor DiT (softmax attention unless told). With `randomize`, every parameter
+    gets seeded noise so the adaLN-Zero gates and output layer are no longer zero (otherwise the
+    model outputs 0)."""
     torch.manual_seed(seed)
-    model = DiT(image_size=image_size, channels=channels, patch_size=patch_size,
-                num_classes=num_classes, flavor=FLAVORS["debug"], attention="softmax")
+    model = build_model(ModelSpec(flavor="debug", patch_size=patch_size),
+                        AttentionSpec(name=attention), image_size=image_size, channels=channels,
+                        num_classes=num_classes)
     if randomize:
         g = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 
 from arflowbench.benchmarks.timing import tensor_bytes, time_interleaved
+from arflowbench.config import AttentionSpec, ModelSpec
 from arflowbench.formulations.arflow import ARFlow
 from arflowbench.formulations.sit import SiT
 from arflowbench.models.backbone import DiT
-from arflowbench.models.flavors import FLAVORS
+from arflowbench.models.build import build_model
 from arflowbench.results import BENCH_FILE, BenchRecord, append, environment_stamp
 
 #: ARFlow-hybrid sampling time over SiT's that we accept (same backbone, batch and NFE)
@@ -45,8 +46,11 @@ _FORMULATIONS = {"arflow": ARFlow, "sit": SiT}
 def _model(attention: str, flavor: str, image_size: int, channels: int, patch_size: int,
            num_classes: int, device: str, seed: int) -> DiT:
     torch.manual_seed(seed)  # identical backbone weights wherever the shapes agree
-    return DiT(image_size=image_size, channels=channels, patch_size=patch_size,
-               num_classes=num_classes, flavor=FLAVORS[flavor], attention=attention).to(device).eval()
+    # built on CPU, then moved: the CPU generator gives the same weights on every device
+    model = build_model(ModelSpec(flavor=flavor, patch_size=patch_size),
+                        AttentionSpec(name=attention), image_size=image_size, channels=channels,
+                        num_classes=num_classes)
+    return model.to(device).eval()
 
 
 def run_sampling_bench(

@@ -9,9 +9,9 @@ Ablations: ``ordering = "random"`` (times left unsorted), ``grouping = "random-c
 images come from any class; the sequence label is that of the first image).
 
 Sampling: the denoising trajectory *is* the autoregressive sequence. At step i the current noisy
-image x_{t_i} is one chunk; `DiT.step` runs it against the recurrent state holding every earlier
-x_{t_0} ... x_{t_{i-1}} of the same trajectory and returns the velocity and the state with x_{t_i}
-appended. What happens to the state, per sampler (see `samplers.py`, the ``advance`` protocol):
+image x_{t_i} is one chunk; the model's `step` runs it against the recurrent state holding every
+earlier x_{t_0} ... x_{t_{i-1}} of the same trajectory and returns the velocity and the state with
+x_{t_i} appended. What happens to the state, per sampler (see `samplers.py`, the ``advance`` protocol):
 
 - euler / sde: every evaluation starts an accepted step (``advance=True``) and commits its state,
   so after n steps the state holds the n images x_{t_0} ... x_{t_{n-1}} (the SDE's final mean step
@@ -45,6 +45,7 @@ from arflowbench.formulations.base import (
 )
 from arflowbench.formulations.paths import PATHS, interpolate
 from arflowbench.formulations.samplers import SAMPLERS
+from arflowbench.models.interface import GenerativeModel
 
 
 class ARFlowConfig(FormulationConfig):
@@ -66,7 +67,8 @@ class ARFlowField:
     `guide` defaults to ``cfg_scale != 1``; forcing it on at scale 1 runs both halves anyway.
     """
 
-    def __init__(self, model, labels: torch.Tensor, cfg_scale: float, guide: bool | None = None):
+    def __init__(self, model: GenerativeModel, labels: torch.Tensor, cfg_scale: float,
+                 guide: bool | None = None):
         self.model, self.cfg_scale = model, cfg_scale
         self.guide = cfg_scale != 1.0 if guide is None else guide
         null = torch.full_like(labels, model.null_class)
@@ -96,6 +98,8 @@ class ARFlow(Formulation):
     Config = ARFlowConfig
     # dopri5 is left out: its stages give no accepted-step signal, so the state cannot advance.
     samplers: ClassVar[tuple[str, ...]] = tuple(k for k in SAMPLERS if k != "dopri5")
+    # the context of earlier denoising steps lives in the model's recurrent state
+    requires_step: ClassVar[bool] = True
 
     def __init__(self, config: ARFlowConfig | None = None):
         super().__init__(config)
@@ -136,7 +140,8 @@ class ARFlow(Formulation):
         return self.sequence_sampler(data).sample(items, g)  # (B, S, C, H, W) uint8, (B,)
 
     # ------------------------------------------------------------------ training
-    def training_loss(self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> dict:
+    def training_loss(self, model: GenerativeModel, x: torch.Tensor, y: torch.Tensor,
+                      g: torch.Generator) -> dict:
         x1 = to_model_range(x)  # (B, S, C, H, W)
         x0 = randn(x1.shape, g, x1.device)  # own noise per image
         t = torch.rand(x1.shape[:2], generator=g)  # (B, S): own time per image
@@ -153,14 +158,9 @@ class ARFlow(Formulation):
         return out
 
     # ------------------------------------------------------------------ sampling
-    def check_model(self, model) -> None:
-        attn = model.blocks[0].attn
-        if not getattr(attn, "supports_step", False):
-            raise ConfigError(f"{self.name}: attention {attn.name!r} has no recurrent step "
-                              "(supports_step is False); ARFlow sampling needs one")
-
     @torch.no_grad()
-    def sample(self, model, labels, steps, sampler, cfg_scale, g, **sampler_options) -> SampleResult:
+    def sample(self, model: GenerativeModel, labels, steps, sampler, cfg_scale, g,
+               **sampler_options) -> SampleResult:
         self.check_sampling(sampler, cfg_scale)
         self.check_model(model)
         shape = (len(labels), model.channels, model.image_size, model.image_size)

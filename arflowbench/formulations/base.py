@@ -7,6 +7,12 @@ the sampler. The trainer only sees `make_batch` and `training_loss`.
 - ``sample(model, labels, steps, sampler, cfg_scale, g) -> SampleResult``: images in [-1, 1]
   and the number of network evaluations (NFE) actually spent, counted per batch row's forward
   (a guided evaluation runs conditional and null halves in one batch and counts once).
+
+``model`` is a `GenerativeModel` (models/interface.py): a formulation uses only its call, its
+recurrent ``init_state``/``step`` (after checking ``supports_step``), ``null_class``, ``channels``
+and ``image_size``, never the network's layers. The conformance suite
+(tests/conformance/test_formulations.py) runs every registered formulation against a model that
+offers nothing else.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from arflowbench.data.base import ImageSet
 from arflowbench.errors import ConfigError
+from arflowbench.models.interface import GenerativeModel
 from arflowbench.plugins import PluginBase
 
 
@@ -43,6 +50,8 @@ class Formulation(PluginBase):
     Config: ClassVar[type[BaseModel]] = FormulationConfig
     #: sampler names this formulation accepts (validated before a run starts)
     samplers: ClassVar[tuple[str, ...]] = ()
+    #: samples through the model's recurrent `step` (the model must have `supports_step`)
+    requires_step: ClassVar[bool] = False
 
     def __init__(self, config: BaseModel | None = None):
         self.config = config if config is not None else self.Config()
@@ -62,8 +71,12 @@ class Formulation(PluginBase):
     def check_data(self, data: ImageSet) -> None:
         """Raise ConfigError if this formulation cannot train on `data`."""
 
-    def check_model(self, model) -> None:
+    def check_model(self, model: GenerativeModel) -> None:
         """Raise ConfigError if this formulation cannot use `model` (e.g. no recurrent step)."""
+        if self.requires_step and not model.supports_step:
+            raise ConfigError(f"{self.name}: the model has no recurrent step (supports_step is "
+                              "False: an attention backend lacks init_state/step); "
+                              f"{self.name} sampling needs one")
 
     def check_sampling(self, sampler: str, cfg_scale: float) -> None:
         if sampler not in self.samplers:
@@ -81,11 +94,12 @@ class Formulation(PluginBase):
     def make_batch(self, data: ImageSet, batch_size: int, g: torch.Generator):
         raise NotImplementedError
 
-    def training_loss(self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> dict:
+    def training_loss(self, model: GenerativeModel, x: torch.Tensor, y: torch.Tensor,
+                      g: torch.Generator) -> dict:
         raise NotImplementedError
 
-    def sample(self, model, labels: torch.Tensor, steps: int, sampler: str, cfg_scale: float,
-               g: torch.Generator, **sampler_options) -> SampleResult:
+    def sample(self, model: GenerativeModel, labels: torch.Tensor, steps: int, sampler: str,
+               cfg_scale: float, g: torch.Generator, **sampler_options) -> SampleResult:
         """`sampler_options`: rtol/atol for adaptive samplers."""
         raise NotImplementedError
 

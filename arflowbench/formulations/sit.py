@@ -24,6 +24,7 @@ from arflowbench.formulations.base import (
 )
 from arflowbench.formulations.paths import PATHS, interpolate
 from arflowbench.formulations.samplers import SAMPLERS
+from arflowbench.models.interface import GenerativeModel
 
 
 class SiTConfig(FormulationConfig):
@@ -34,7 +35,7 @@ class SiTConfig(FormulationConfig):
 class SiTField:
     """v(x, t) of a SiT model at fixed labels, with optional guidance. Counts evaluations."""
 
-    def __init__(self, model, labels: torch.Tensor, cfg_scale: float):
+    def __init__(self, model: GenerativeModel, labels: torch.Tensor, cfg_scale: float):
         self.model, self.cfg_scale, self.nfe = model, cfg_scale, 0
         self.guide = cfg_scale != 1.0
         null = torch.full_like(labels, model.null_class)
@@ -64,7 +65,8 @@ class SiT(Formulation):
         x, y = sample_images(data, self.items_per_batch(batch_size), g)
         return x[:, None], y  # (B, 1, C, H, W), (B,)
 
-    def training_loss(self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> dict:
+    def training_loss(self, model: GenerativeModel, x: torch.Tensor, y: torch.Tensor,
+                      g: torch.Generator) -> dict:
         x1 = to_model_range(x)  # (B, 1, C, H, W)
         x0 = randn(x1.shape, g, x1.device)
         t = torch.rand(x1.shape[:2], generator=g).to(x1.device)  # (B, 1)
@@ -74,7 +76,8 @@ class SiT(Formulation):
         return {"loss": (v.float() - target).pow(2).mean()}
 
     @torch.no_grad()
-    def sample(self, model, labels, steps, sampler, cfg_scale, g, **sampler_options) -> SampleResult:
+    def sample(self, model: GenerativeModel, labels, steps, sampler, cfg_scale, g,
+               **sampler_options) -> SampleResult:
         self.check_sampling(sampler, cfg_scale)
         shape = (len(labels), model.channels, model.image_size, model.image_size)
         x = randn(shape, g, labels.device)

@@ -11,6 +11,8 @@ every image: order enters only through t and the chunk-causal attention.
 
 `step` runs one image (one chunk) through every block's attention `step` with a carried state:
 the recurrent form used by ARFlow's autoregressive sampler.
+
+`DiT` implements `GenerativeModel` (models/interface.py), the only view formulations have of it.
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ class DiT(nn.Module):
         return self.y_embed.null_id
 
     @property
+    def supports_step(self) -> bool:
+        """True when every block's attention backend implements init_state/step."""
+        return all(b.attn.supports_step for b in self.blocks)
+
+    @property
     def attention_implementation(self) -> str:
         return self.blocks[0].attn.implementation
 
@@ -156,6 +163,7 @@ class DiT(nn.Module):
 
     # ------------------------------------------------------------------ recurrent form
     def init_state(self, batch_size: int, device=None) -> list[Any]:
+        """One empty attention state per block, for `batch_size` rows."""
         return [b.attn.init_state(batch_size, device=device) for b in self.blocks]
 
     def step(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, state: list[Any]):

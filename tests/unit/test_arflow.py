@@ -13,13 +13,14 @@ import torch
 from pydantic import ValidationError
 
 from arflowbench.benchmarks.timing import tensor_bytes
+from arflowbench.config import AttentionSpec, ModelSpec
 from arflowbench.data.base import ImageSet
 from arflowbench.data.digits import Digits
 from arflowbench.errors import ConfigError
 from arflowbench.formulations.arflow import ARFlow, ARFlowField
 from arflowbench.formulations.samplers import SAMPLERS
 from arflowbench.models.backbone import DiT
-from arflowbench.models.flavors import FLAVORS
+from arflowbench.models.build import build_model
 
 PATCH = 2
 TOKENS = (8 // PATCH) ** 2  # N tokens per 8x8 digit = one chunk
@@ -44,8 +45,8 @@ def make_model(attention: str = "hybrid", seed: int = 0, perturb: bool = True) -
     """A debug DiT for 8x8 digits. adaLN-Zero makes a fresh model output exactly zero, which
     would make every sampling comparison trivial: `perturb` moves all weights off their init."""
     torch.manual_seed(seed)
-    m = DiT(image_size=8, channels=1, patch_size=PATCH, num_classes=10, flavor=FLAVORS["debug"],
-            attention=attention)
+    m = build_model(ModelSpec(flavor="debug", patch_size=PATCH), AttentionSpec(name=attention),
+                    image_size=8, channels=1, num_classes=10)
     if perturb:
         with torch.no_grad():
             for p in m.parameters():
@@ -307,3 +308,11 @@ def test_hybrid_state_memory_is_constant():
             sizes[attention, steps] = tensor_bytes(field.state)
     assert sizes["hybrid", 5] == sizes["hybrid", 50] > 0
     assert sizes["softmax", 50] == 10 * sizes["softmax", 5]  # a KV cache grows with the steps
+
+
+def test_sampling_needs_a_model_with_a_recurrent_step():
+    model = make_model("hybrid")
+    ARFlow().check_model(model)
+    model.blocks[0].attn.supports_step = False  # one backend without a step is enough
+    with pytest.raises(ConfigError, match="arflow: the model has no recurrent step"):
+        ARFlow().sample(model, torch.tensor([1]), 2, "euler", 1.0, torch.Generator().manual_seed(0))

@@ -6,9 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from arflowbench.config import AttentionSpec, ModelSpec
+from arflowbench.errors import ConfigError
 from arflowbench.models.backbone import DiT, count_parameters
+from arflowbench.models.build import build_model
 from arflowbench.models.embeddings import sincos_2d
 from arflowbench.models.flavors import FLAVORS
+from arflowbench.models.interface import GenerativeModel
 
 # SiT's paper (Table 1): SiT-S/2 33M, B/2 130M, L/2 458M, XL/2 675M parameters.
 # Measured here (patch 2, 32x32x4 latents, 1000 classes):
@@ -117,3 +121,29 @@ def test_step_by_step_reproduces_chunk_causal_forward(debug_model):
     par2 = debug_model(x2, t, y)
     assert torch.equal(par2[:, :-1], par[:, :-1])
     assert not torch.allclose(par2[:, -1], par[:, -1])
+
+
+def test_dit_implements_the_model_interface(model_factory):
+    model = model_factory()
+    assert isinstance(model, GenerativeModel)
+    assert (model.channels, model.image_size, model.null_class) == (1, 8, 10)
+    assert model.supports_step  # softmax has a KV-cache step
+    # one attention layer without a recurrent step is enough to lose the recurrent form
+    model.blocks[-1].attn.supports_step = False
+    assert not model.supports_step
+
+
+def test_build_model_from_specs():
+    spec, attn = ModelSpec(flavor="debug", patch_size=2), AttentionSpec(name="hybrid")
+    torch.manual_seed(3)
+    built = build_model(spec, attn, image_size=8, channels=1, num_classes=10)
+    torch.manual_seed(3)
+    direct = DiT(image_size=8, channels=1, patch_size=2, num_classes=10, flavor=FLAVORS["debug"],
+                 attention="hybrid")
+    assert built.state_dict().keys() == direct.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(),
+                                                 direct.state_dict().values()))
+    meta = build_model(spec, attn, image_size=8, channels=1, num_classes=10, device="meta")
+    assert next(meta.parameters()).is_meta
+    with pytest.raises(ConfigError, match="unknown model flavor 'tiny'"):
+        build_model(ModelSpec(flavor="tiny"), attn, image_size=8, channels=1, num_classes=10)

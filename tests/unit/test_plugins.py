@@ -86,6 +86,25 @@ def test_register_decorator_and_version(plugin_module):
     assert reg.info()[0].version == 2
 
 
+def test_unregister_undoes_register():
+    reg = _registry()
+
+    class Gadget(PluginBase):
+        name = "gadget"
+        version = 1
+
+    reg.register(Gadget)
+    assert reg.load("gadget") is Gadget
+    reg.unregister("gadget")
+    assert reg.names() == []
+    with pytest.raises(UnknownPluginError):
+        reg.load("gadget")  # the resolved class is forgotten too
+    reg.register(Gadget)  # the name is free again: no collision
+    assert reg.load("gadget") is Gadget
+    with pytest.raises(UnknownPluginError, match="unknown widget 'gizmo'"):
+        reg.unregister("gizmo")
+
+
 # ---------------------------------------------------------------------------------- unknown names
 def test_unknown_name_suggests_near_miss_and_lists_known(plugin_module):
     reg = _registry()
