@@ -1,22 +1,163 @@
-"""The chunk-recurrence op and the layers built on it.
+"""The chunk-recurrence op (`arflowbench.attention.ops`) and the layers built on it.
+
+Parity: every path of the op -- the PyTorch chunk-parallel form, the fla code path (fla-core's
+naive kernels standing in for its Triton kernel on CPU, see tests/unit/conftest.py) and the
+recurrent step -- against the naive loop in float64, outputs, final states and gradients, with
+and without decay and initial state.
 
 Before/after: `tests/unit/data/attention_before_ops.pt` holds forward outputs, input gradients,
 step outputs and final states of `hybrid` and `linear` (every conformance variant, fixed weights
-and inputs) recorded from the code *before* both layers moved onto `arflowbench.attention.ops`;
-the current code must reproduce them to float noise (1e-6). Regenerate only on purpose, with
+and inputs) recorded from the code *before* both layers moved onto the op; the current code must
+reproduce them to float noise (1e-6). Regenerate only on purpose, with
 ``python tests/unit/test_chunk_ops.py --write-fixture`` (and bump the plugin versions then).
 """
 
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from arflowbench.attention.ops import (
+    FLA_IMPL,
+    chunk_recurrence,
+    chunk_states,
+    gate_log_decay,
+    gate_log_decay_ref,
+    naive_chunk_recurrence,
+    recurrence,
+    recurrent_step,
+)
 from arflowbench.plugins import ATTENTION
 
+# fp32 paths against float64 loops over a few hundred tokens: ~1e-6 reached, asserted with margin
+ATOL = 1e-5
+B, H, C, N, DK, DV = 2, 3, 5, 6, 8, 5  # dk != dv on purpose
+
+
+def _leaves(gated: bool, with_init: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    t = {"q": torch.randn(B, H, C, N, DK, generator=g), "k": torch.randn(B, H, C, N, DK, generator=g),
+         "v": torch.randn(B, H, C, N, DV, generator=g)}
+    if gated:
+        t["log_decay"] = F.logsigmoid(torch.randn(B, H, C, N, generator=g)) / 16
+    if with_init:
+        t["initial_state"] = torch.randn(B, H, DK, DV, generator=g)
+    return {k: v.requires_grad_(True) for k, v in t.items()}
+
+
+def _run_step(q, k, v, log_decay=None, initial_state=None):
+    """`recurrent_step` chunk by chunk (the sampling path), with kv and base given."""
+    state = q.new_zeros(B, H, DK, DV) if initial_state is None else initial_state
+    outs = []
+    for c in range(C):
+        ld = None if log_decay is None else log_decay[:, :, c]
+        base = torch.zeros_like(v[:, :, c])
+        out, state = recurrent_step(q[:, :, c], k[:, :, c], v[:, :, c], ld, state,
+                                    kv=k[:, :, c].transpose(-1, -2) @ v[:, :, c], base=base)
+        outs.append(out)
+    return torch.stack(outs, dim=2), state, "step"
+
+
+def _run_pytorch(with_extras: bool):
+    def run(q, k, v, log_decay=None, initial_state=None):
+        extras = {"kv": k.transpose(-1, -2) @ v, "base": torch.zeros_like(v)} if with_extras else {}
+        res = chunk_recurrence(q, k, v, log_decay, initial_state, output_final_state=True, **extras)
+        return res.out, res.final_state, res.implementation
+    return run
+
+
+PATHS = ["pytorch", "pytorch+kv+base", "fla:simple_gla.naive_recurrent",
+         "fla:simple_gla.naive_chunk", "fla:linear_attn.naive_recurrent", "step"]
+
+
+@pytest.mark.parametrize("with_init", [False, True], ids=["zero-state", "initial-state"])
+@pytest.mark.parametrize("gated", [False, True], ids=["no-decay", "gated"])
+@pytest.mark.parametrize("path", PATHS)
+def test_every_path_matches_the_naive_loop(path, gated, with_init, request, monkeypatch):
+    if path.startswith("fla:"):
+        kernel = request.getfixturevalue("fla_naive_kernels")[path[4:]]
+        if kernel.gate_free and gated:
+            pytest.skip("fla's naive linear attention has no gate")
+        monkeypatch.setattr(recurrence, "select_kernel", lambda q, v: (kernel, FLA_IMPL))
+        run, want_impl = _run_pytorch(with_extras=True), FLA_IMPL
+    elif path == "step":
+        run, want_impl = _run_step, "step"
+    else:
+        run, want_impl = _run_pytorch(with_extras=path != "pytorch"), "pytorch chunked (CPU)"
+    leaves = _leaves(gated, with_init)
+    ref_leaves = {k: v.detach().double().requires_grad_(True) for k, v in leaves.items()}
+    out, final, impl = run(**leaves)
+    want_out, want_final = naive_chunk_recurrence(**ref_leaves)
+    assert impl == want_impl
+    if path.startswith("fla:"):  # no decay reaches fla as g=None
+        assert (kernel.last_g is None) == (not gated)
+    assert want_out.abs().max() > 1.0  # a non-trivial comparison
+    torch.testing.assert_close(out, want_out.float(), atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(final, want_final.float(), atol=ATOL, rtol=ATOL)
+    g = torch.Generator().manual_seed(9)
+    w_out, w_final = torch.randn(out.shape, generator=g), torch.randn(final.shape, generator=g)
+    ((out * w_out).sum() + (final * w_final).sum()).backward()
+    ((want_out * w_out.double()).sum() + (want_final * w_final.double()).sum()).backward()
+    for name, leaf in leaves.items():
+        torch.testing.assert_close(leaf.grad, ref_leaves[name].grad.float(), atol=ATOL, rtol=ATOL,
+                                   msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+@torch.no_grad()
+def test_pytorch_form_is_chunk_causal_bit_exact():
+    leaves = _leaves(gated=True, with_init=True)
+    out = chunk_recurrence(**leaves).out
+    for name in ("q", "k", "v", "log_decay"):
+        perturbed = dict(leaves)
+        perturbed[name] = leaves[name].clone()
+        perturbed[name][:, :, 3] -= 0.5
+        out2 = chunk_recurrence(**perturbed).out
+        assert torch.equal(out[:, :, :3], out2[:, :, :3]), name
+
+
+def test_chunk_states_of_a_vector_state_match_a_loop():
+    """The normaliser's recursion (a (B, H, d) state) through the same function."""
+    g = torch.Generator().manual_seed(4)
+    inc, init = torch.randn(B, H, C, DK, generator=g), torch.randn(B, H, DK, generator=g)
+    log_gamma = -torch.rand(B, H, C, generator=g)
+    states, final = chunk_states(inc, log_gamma, init, output_final_state=True)
+    s = init
+    for c in range(C):
+        torch.testing.assert_close(states[:, :, c], s)
+        s = log_gamma[:, :, c].exp()[..., None] * s + inc[:, :, c]
+    torch.testing.assert_close(final, s)
+
+
+def test_implementation_is_named_and_never_silently_replaced():
+    q = torch.zeros(1, 1, 1, 2, 4)
+    assert recurrence.select_kernel(q, q) == (None, "pytorch chunked (CPU)")
+    assert recurrence.expected_implementation(cuda=False) == "pytorch chunked (CPU)"
+    wide = types.SimpleNamespace(is_cuda=True, shape=(1, 1, 1, 2, 512))  # fla not even imported
+    assert recurrence.select_kernel(wide, wide) == (
+        None, "pytorch chunked (CUDA; fla not used: head dim > 256)")
+
+
+def test_gate_matches_its_float64_twin_and_expanded_cond():
+    torch.manual_seed(0)
+    proj = nn.Linear(16, 2, bias=False)
+    x, cond = torch.randn(2, 12, 16), torch.randn(2, 3, 1, 16)
+    cond = cond.expand(2, 3, 4, 16).reshape(2, 12, 16)  # one vector per image of 4 tokens
+    g = gate_log_decay(proj, x, cond, chunk_size=4)  # (B, H, C, N)
+    assert g.shape == (2, 2, 3, 4) and (g < 0).all()
+    want = gate_log_decay_ref(proj, x, cond).view(2, 2, 3, 4)
+    torch.testing.assert_close(g, want.float(), atol=1e-6, rtol=1e-6)
+    one = cond[:, :1].expand(2, 12, 16)  # stride 0 over the tokens: projected once
+    torch.testing.assert_close(gate_log_decay(proj, x, one, 4),
+                               gate_log_decay(proj, x, one.contiguous(), 4), atol=1e-7, rtol=0)
+
+
+# -- before / after -------------------------------------------------------------------------------
 FIXTURE = Path(__file__).parent / "data" / "attention_before_ops.pt"
 FIX_D, FIX_H, FIX_N, FIX_C, FIX_B = 32, 2, 4, 5, 2  # width, heads, chunk, chunks, batch
 BEFORE_AFTER_ATOL = 1e-6
