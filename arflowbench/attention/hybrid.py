@@ -182,11 +182,9 @@ class HybridAttention(AttentionBackend):
         q, k, v, log_decay, gate = self._project(x, cond)  # (B, H, 1, N, d)
         kv = k.transpose(-1, -2) @ v  # (B, H, 1, d, d)
         inner = self._inner(q, k, v, kv)
-        o, new_state = recurrent_step(  # new tensors: the given state is left untouched
-            q[:, :, 0], k[:, :, 0], v[:, :, 0], None if log_decay is None else log_decay[:, :, 0],
-            state.float(), kv=kv[:, :, 0], base=inner[:, :, 0],
-        )  # o: (B, H, N, d), new_state: (B, H, d, d)
-        return self._output(o[:, :, None], gate, x.dtype), new_state
+        # o: (B, H, 1, N, d), new_state: (B, H, d, d); new tensors, the given state is untouched
+        o, new_state = recurrent_step(q, k, v, log_decay, state, kv=kv, base=inner)
+        return self._output(o, gate, x.dtype), new_state
 
     def reference(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Loops over chunks and tokens in float64 (see `reference.hybrid_mix_ref`)."""

@@ -134,19 +134,15 @@ class LinearAttention(AttentionBackend):
             res = chunk_recurrence(q, k, v, log_decay, kv=kv, base=intra)
             num, self.implementation = res.out, res.implementation
         else:
-            num, kv_state = recurrent_step(
-                q[:, :, 0], k[:, :, 0], v[:, :, 0], None if log_decay is None else log_decay[:, :, 0],
-                state["kv"].float(), kv=kv[:, :, 0], base=intra[:, :, 0],
-            )  # (B, H, N, d), (B, H, d, d)
-            num, new_state = num[:, :, None], {"kv": kv_state}
+            num, kv_state = recurrent_step(q, k, v, log_decay, state["kv"], kv=kv, base=intra)
+            new_state = {"kv": kv_state}  # num: (B, H, 1, N, d), kv_state: (B, H, d, d)
         if self.config.normalize:  # the same recursion on sum(k) (V replaced by ones)
             ksum = k.sum(3)  # (B, H, C, d)
             if state is None:
                 zs, _ = chunk_states(ksum, log_gamma)  # (B, H, C, d)
             else:
-                zs = state["z"].float()[:, :, None]  # (B, H, 1, d)
-                new_state["z"] = advance(
-                    state["z"].float(), ksum[:, :, 0], None if log_gamma is None else log_gamma[:, :, 0])
+                zs = state["z"].float()[:, :, None]  # (B, H, 1, d): S_c of the normaliser
+                new_state["z"] = advance(zs, ksum, log_gamma)[:, :, 0]  # (B, H, d)
             q_dec = decay_queries(q, log_decay)
             den = (q * ksum.unsqueeze(3)).sum(-1) + (q_dec * zs.unsqueeze(3)).sum(-1)
             num = num / (den + EPS).unsqueeze(-1)

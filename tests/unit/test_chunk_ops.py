@@ -57,12 +57,13 @@ def _run_step(q, k, v, log_decay=None, initial_state=None):
     state = q.new_zeros(B, H, DK, DV) if initial_state is None else initial_state
     outs = []
     for c in range(C):
-        ld = None if log_decay is None else log_decay[:, :, c]
-        base = torch.zeros_like(v[:, :, c])
-        out, state = recurrent_step(q[:, :, c], k[:, :, c], v[:, :, c], ld, state,
-                                    kv=k[:, :, c].transpose(-1, -2) @ v[:, :, c], base=base)
+        one = slice(c, c + 1)  # the (B, H, 1, N, d) layout of a single chunk
+        ld = None if log_decay is None else log_decay[:, :, one]
+        qc, kc, vc = q[:, :, one], k[:, :, one], v[:, :, one]
+        out, state = recurrent_step(qc, kc, vc, ld, state, kv=kc.transpose(-1, -2) @ vc,
+                                    base=torch.zeros_like(vc))
         outs.append(out)
-    return torch.stack(outs, dim=2), state, "step"
+    return torch.cat(outs, dim=2), state, "step"
 
 
 def _run_pytorch(with_extras: bool):

@@ -62,11 +62,11 @@ def select_kernel(q: torch.Tensor, v: torch.Tensor) -> tuple[fla_gla.Kernel | No
 def advance(state: torch.Tensor, inc: torch.Tensor, log_gamma: torch.Tensor | None) -> torch.Tensor:
     """One step of the recursion, gamma * state + inc, as a new tensor.
 
-    state, inc: (B, H, *rest); log_gamma: (B, H) or None (gamma = 1).
+    state, inc: (*lead, *rest); log_gamma: (*lead) or None (gamma = 1).
     """
     if log_gamma is None:
         return state + inc
-    return log_gamma.exp().view(*log_gamma.shape, *([1] * (state.dim() - 2))) * state + inc
+    return log_gamma.exp().view(*log_gamma.shape, *([1] * (state.dim() - log_gamma.dim()))) * state + inc
 
 
 def chunk_states(
@@ -163,14 +163,18 @@ def recurrent_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk against the carried state: its cross-chunk term and the state after it.
 
-    q, k: (B, H, N, dk); v: (B, H, N, dv); log_decay: (B, H, N) or None; state: (B, H, dk, dv),
-    S_c (cast to q's dtype, never modified); kv: (B, H, dk, dv) K^T V if already computed;
-    base: (B, H, N, dv) added to the cross-chunk term.
-    Returns (base + q_dec S_c (B, H, N, dv), S_{c+1} = gamma S_c + K^T V (B, H, dk, dv), new).
+    The layout of `chunk_recurrence` with C = 1 (no per-call reshuffle on the sampling path):
+    q, k: (B, H, 1, N, dk); v: (B, H, 1, N, dv); log_decay: (B, H, 1, N) or None;
+    state: (B, H, dk, dv) S_c, cast to q's dtype and never modified; kv: (B, H, 1, dk, dv) K^T V
+    if already computed; base: (B, H, 1, N, dv) added to the cross-chunk term.
+    Returns (base + q_dec S_c (B, H, 1, N, dv), S_{c+1} = gamma S_c + K^T V (B, H, dk, dv), new).
     """
-    state = state.to(q.dtype)
-    cross = decay_queries(q, log_decay) @ state  # (B, H, N, dv)
+    if q.shape[2] != 1:
+        raise ValueError(f"recurrent_step takes one chunk, got q of shape {tuple(q.shape)}")
+    s0 = state.to(q.dtype)[:, :, None]  # (B, H, 1, dk, dv)
+    cross = decay_queries(q, log_decay) @ s0  # (B, H, 1, N, dv)
     if kv is None:
-        kv = k.transpose(-1, -2) @ v  # (B, H, dk, dv)
-    log_gamma = None if log_decay is None else chunk_log_decay(log_decay)  # (B, H)
-    return (cross if base is None else base + cross), advance(state, kv, log_gamma)
+        kv = k.transpose(-1, -2) @ v  # (B, H, 1, dk, dv)
+    log_gamma = None if log_decay is None else chunk_log_decay(log_decay)  # (B, H, 1)
+    new_state = advance(s0, kv, log_gamma)[:, :, 0]  # (B, H, dk, dv), a new tensor
+    return (cross if base is None else base + cross), new_state
