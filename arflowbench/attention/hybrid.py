@@ -13,9 +13,11 @@ Per layer, as in the public ARFlow code (GitHub TheFllood/ARFlow, MIT), written 
   cross_i = (q_i * exp(cumsum of g within the chunk up to and including i)) S_c.
 - o = inner + cross -> per-head RMSNorm -> * SiLU(g_proj(x)) -> out_proj.
 
-`forward` is the chunk-parallel form (all chunk states at once through a decay matrix over
-chunks, no Python loop); `step` is the recurrent form, one chunk per call, with a constant-size
-(B, H, d, d) float32 state.
+This file is the layer (projections, norms, gate, inner term, output). The cross term and the
+state recursion are the shared op `arflowbench.attention.ops`: `forward` runs it chunk-parallel
+(on CUDA through fla's ``chunk_simple_gla`` kernel when fla-core imports, otherwise all chunk
+states at once through a decay matrix over chunks, no Python loop); `step` is the recurrent form,
+one chunk per call, with a constant-size (B, H, d, d) float32 state.
 """
 
 from __future__ import annotations
@@ -27,11 +29,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from arflowbench.attention import reference as ref
-from arflowbench.attention.base import AttentionBackend
+from arflowbench.attention.base import AttentionBackend, cuda_available
+from arflowbench.attention.ops import (
+    FLA_IMPL,
+    PYTORCH_IMPL,
+    chunk_recurrence,
+    expected_implementation,
+    gate_log_decay,
+    gate_log_decay_ref,
+    recurrent_step,
+)
 from arflowbench.plugins import Availability, PluginBase
 
 EPS = 1e-6
-GATE_LOGIT_NORMALIZER = 16.0
+#: the name since version 1 for the PyTorch path (run records compare across versions)
+PYTORCH_NAME = "pytorch (chunk-parallel forward, recurrent step)"
+
+
+def describe(cross_implementation: str) -> str:
+    """hybrid's implementation name from the one the cross-term op reports."""
+    if cross_implementation == FLA_IMPL:
+        return f"{FLA_IMPL} cross-chunk term, pytorch inner term and recurrent step"
+    if cross_implementation == PYTORCH_IMPL.format(device="CPU"):
+        return PYTORCH_NAME
+    return f"{PYTORCH_NAME}, cross-chunk term: {cross_implementation}"
 
 
 class HybridAttention(AttentionBackend):
@@ -68,7 +89,7 @@ class HybridAttention(AttentionBackend):
 
     @classmethod
     def availability(cls) -> Availability:
-        return Availability(True, "pytorch (chunk-parallel forward, recurrent step)")
+        return Availability(True, describe(expected_implementation(cuda_available())))
 
     # -- shared by forward and step -------------------------------------------------------
     def _project(self, x: torch.Tensor, cond: torch.Tensor | None):
@@ -96,16 +117,7 @@ class HybridAttention(AttentionBackend):
         qkv = (qkv.view(b, s, c, 3, h, d) * r.view(b, s, c, 3, 1, 1)).permute(3, 0, 4, 1, 2, 5)
         q, k, v = qkv.contiguous().unbind(0)  # each (B, H, S, N, d)
 
-        log_decay = None
-        if self.gated:
-            # decay_proj(x + cond) = decay_proj(x) + decay_proj(cond)
-            logits = self.decay_proj(x).float()  # (B, L, H)
-            if cond is not None:
-                if cond.stride(1) == 0:  # one vector per image, expanded (the sampling path)
-                    cond = cond[:, :1]
-                logits = logits + self.decay_proj(cond.to(x.dtype)).float()
-            log_decay = F.logsigmoid(logits) / GATE_LOGIT_NORMALIZER
-            log_decay = log_decay.view(b, s, c, h).permute(0, 3, 1, 2)  # (B, H, S, N)
+        log_decay = gate_log_decay(self.decay_proj, x, cond, c) if self.gated else None  # (B, H, S, N)
         return q, k, v, log_decay, gate
 
     def _fused_weight(self) -> torch.Tensor:
@@ -121,8 +133,9 @@ class HybridAttention(AttentionBackend):
             self.__dict__["_weight_cache"] = cached
         return cached[1]
 
-    def _inner(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch.Tensor):
-        """Attention inside each chunk. q, k, v: (B, H, S, N, d); kv = K_c^T V_c (B, H, S, d, d)."""
+    def _inner(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch.Tensor | None):
+        """Attention inside each chunk. q, k, v: (B, H, S, N, d); kv = K_c^T V_c (B, H, S, d, d),
+        needed (and given) only for the linear inner term."""
         if self.config.inner == "linear":
             return q @ kv  # (q k^T) v == q (k^T v), bidirectional, no normaliser
         b, h, s, n, d = q.shape
@@ -145,31 +158,15 @@ class HybridAttention(AttentionBackend):
     # -- the contract -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         self.check_sequence(x)
-        q, k, v, log_decay, gate = self._project(x, cond)
-        b, h, s, n, d = q.shape
-        kv = k.transpose(-1, -2) @ v  # (B, H, S, d, d): KV_c = K_c^T V_c
+        q, k, v, log_decay, gate = self._project(x, cond)  # (B, H, S, N, d)
+        # KV_c = K_c^T V_c (B, H, S, d, d) when the inner term needs it; else the op builds it
+        # (the fla path never does)
+        kv = k.transpose(-1, -2) @ v if self.config.inner == "linear" else None
         inner = self._inner(q, k, v, kv)
-
-        # State before chunk c: S_c = sum_{j<c} w[c, j] KV_j with
-        # w[c, j] = exp(sum_{j<m<c} log gamma_m) = exp(E_c - A_j), A = inclusive cumsum of
-        # log gamma over chunks and E = exclusive cumsum (A shifted by one, exact zeros first,
-        # so the weights of chunks < k never read chunk k: bit-exact chunk causality).
-        earlier = torch.ones(s, s, dtype=torch.bool, device=x.device).tril(-1)  # j < c
-        if log_decay is None:
-            weights = earlier.to(q.dtype).expand(b, h, s, s)
-            q_dec = q
-        else:
-            log_gamma = log_decay.mean(-1)  # (B, H, S)
-            incl = log_gamma.cumsum(-1)
-            excl = F.pad(incl[..., :-1], (1, 0))
-            diff = excl[..., :, None] - incl[..., None, :]  # (B, H, S, S)
-            # mask before exp: exp of the (positive) upper triangle could overflow to inf
-            weights = diff.masked_fill(~earlier, float("-inf")).exp()
-            q_dec = q * log_decay.cumsum(-1).exp()[..., None]  # intra-chunk query decay
-        states = weights @ kv.flatten(-2)  # (B, H, S, d*d)
-        # o = inner + q_dec S_c, the sum fused into the batched matmul
-        o = torch.baddbmm(inner.reshape(-1, n, d), q_dec.reshape(-1, n, d), states.view(-1, d, d))
-        return self._output(o.view(b, h, s, n, d), gate, x.dtype)
+        # o = inner + (q_i * exp(G_i)) S_c, S_c over the earlier chunks only (S_0 = 0)
+        res = chunk_recurrence(q, k, v, log_decay, kv=kv, base=inner)
+        self.implementation = describe(res.implementation)
+        return self._output(res.out, gate, x.dtype)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
         """A zero (B, H, d, d) float32 state (its size never grows)."""
@@ -185,15 +182,9 @@ class HybridAttention(AttentionBackend):
         q, k, v, log_decay, gate = self._project(x, cond)  # (B, H, 1, N, d)
         kv = k.transpose(-1, -2) @ v  # (B, H, 1, d, d)
         inner = self._inner(q, k, v, kv)
-        s0 = state.float()[:, :, None]  # (B, H, 1, d, d)
-        if log_decay is None:
-            cross = q @ s0
-            new_state = s0 + kv
-        else:
-            cross = (q * log_decay.cumsum(-1).exp()[..., None]) @ s0
-            gamma = log_decay.mean(-1).exp()[..., None, None]  # (B, H, 1, 1, 1)
-            new_state = gamma * s0 + kv  # a new tensor: the given state is left untouched
-        return self._output(inner + cross, gate, x.dtype), new_state[:, :, 0]
+        # o: (B, H, 1, N, d), new_state: (B, H, d, d); new tensors, the given state is untouched
+        o, new_state = recurrent_step(q, k, v, log_decay, state, kv=kv, base=inner)
+        return self._output(o, gate, x.dtype), new_state
 
     def reference(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Loops over chunks and tokens in float64 (see `reference.hybrid_mix_ref`)."""
@@ -202,11 +193,7 @@ class HybridAttention(AttentionBackend):
         k = ref.rms_norm_ref(ref.linear_ref(x, self.k_proj), EPS) / self.head_dim**0.5
         v = ref.rms_norm_ref(ref.linear_ref(x, self.v_proj), EPS)
         q, k, v = (ref.split_heads(t, self.num_heads) for t in (q, k, v))  # (B, H, L, d)
-        log_decay = None
-        if self.gated:
-            z = x.to(ref.REF_DTYPE) + (0.0 if cond is None else cond.to(ref.REF_DTYPE))
-            logits = ref.linear_ref(z, self.decay_proj)  # (B, L, H)
-            log_decay = -torch.log1p(torch.exp(-logits)).transpose(1, 2) / GATE_LOGIT_NORMALIZER
+        log_decay = gate_log_decay_ref(self.decay_proj, x, cond) if self.gated else None  # (B, H, L)
         o, _ = ref.hybrid_mix_ref(q, k, v, log_decay, self.chunk_size, self.config.inner)
         o = ref.merge_heads(ref.rms_norm_ref(o, EPS))  # (B, L, D)
         gate = ref.linear_ref(x, self.g_proj)

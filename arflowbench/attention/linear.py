@@ -11,16 +11,14 @@ chunk-causal state recursion of ARFlow's hybrid attention (ARFLOW_METHOD.md):
 
 Gated decay: g_t = logsigmoid(decay_proj(x + cond)) / 16, one scalar per head and token.
 
-``forward`` is chunk-parallel: every chunk's intra part at once, and the cross-chunk part either
-as a loop over chunks of (d x d) state updates (PyTorch) or, on CUDA with fla-core, through fla's
-``chunk_simple_gla`` kernel (see `cross_via_gla` for how the chunk-exclusive recursion is laid out
-as a token-level gated linear recurrence). ``step`` carries a constant-size state.
+This file is the layer (projections, feature map, in-chunk term, normaliser, output). The
+cross-chunk term and the state recursion are the shared op `arflowbench.attention.ops`: ``forward``
+runs it chunk-parallel (on CUDA with fla-core through fla's ``chunk_simple_gla`` kernel, else in
+PyTorch), ``step`` carries a constant-size state through its recurrent form.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -30,88 +28,24 @@ from torch import nn
 
 from arflowbench.attention import reference as ref
 from arflowbench.attention.base import AttentionBackend, cuda_available
+from arflowbench.attention.ops import (
+    PYTORCH_IMPL,
+    advance,
+    chunk_log_decay,
+    chunk_recurrence,
+    chunk_states,
+    decay_queries,
+    expected_implementation,
+    gate_log_decay,
+    gate_log_decay_ref,
+    recurrent_step,
+)
 from arflowbench.errors import ConfigError
 from arflowbench.plugins import Availability, PluginBase, format_validation_error
 
 EPS = 1e-6
-GATE_LOGIT_NORMALIZER = 16.0
-FLA_IMPL = "fla chunk_simple_gla (CUDA)"
 
 State = dict[str, torch.Tensor]
-
-
-def _fla_importable() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("fla", "triton"))
-
-
-def _fla_kernel() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """fla's chunk_simple_gla, imported only when the CUDA path runs."""
-    from fla.ops.simple_gla import chunk_simple_gla
-
-    return chunk_simple_gla
-
-
-def scan_chunk_states(
-    inc: torch.Tensor, log_gamma: torch.Tensor | None, init: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunk-exclusive states of S_{c+1} = gamma_c S_c + inc_c.
-
-    inc: (B, H, C, *rest) per-chunk increments; log_gamma: (B, H, C) or None (gamma = 1);
-    init: (B, H, *rest) state entering chunk 0 as is.
-    Returns (states (B, H, C, *rest) with states[:, :, c] = S_c, final S_C (B, H, *rest)).
-    """
-    if log_gamma is None:
-        # Exclusive prefix sum; built by shifting (not cumsum - inc) so no cancellation.
-        incl = init.unsqueeze(2) + inc.cumsum(2)
-        states = torch.cat([init.unsqueeze(2), incl[:, :, :-1]], dim=2)
-        return states, incl[:, :, -1].clone()  # a view would keep all C states alive
-    gamma = log_gamma.exp().view(*log_gamma.shape, *([1] * (inc.dim() - 3)))
-    s, states = init, []
-    for c in range(inc.shape[2]):  # C small (d x d) updates; stable, no exp of large sums
-        states.append(s)
-        s = gamma[:, :, c] * s + inc[:, :, c]
-    return torch.stack(states, dim=2), s
-
-
-def cross_via_gla(
-    q_dec: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    log_gamma: torch.Tensor | None,
-    init: torch.Tensor,
-    kernel: Callable[..., tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cross-chunk part q_dec S_c through a token-level simple-GLA recurrence.
-
-    fla's simple GLA computes S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = scale * q_t S_t
-    (inclusive, per token). Our recursion is chunk-exclusive with no key-side decay, so each
-    chunk becomes two segments of the token sequence: a *read* segment (its decayed queries, zero
-    keys and values, zero log-gates: the state stays S_c) followed by a *write* segment (zero
-    queries, its keys and values, log-gate log gamma_c on its first token and 0 after:
-    gamma_c S_c + KV_c). Read outputs are exactly q_dec S_c; the final state is S_C.
-
-    q_dec, k, v: (B, H, C, N, d); log_gamma: (B, H, C) or None; init: (B, H, d, d).
-    ``kernel`` follows fla's (q, k, v, g, scale, initial_state, output_final_state) API with
-    inputs in [B, T, H, d] layout (``chunk_simple_gla`` on CUDA; a naive one in tests).
-    Returns (cross (B, H, C, N, d), final state (B, H, d, d)).
-    """
-    b, h, c, n, d = q_dec.shape
-    zeros = torch.zeros_like(q_dec)
-    g = q_dec.new_zeros(b, h, c, 2, n)
-    if log_gamma is not None:
-        g[:, :, :, 1, 0] = log_gamma
-
-    def seq(read: torch.Tensor, write: torch.Tensor) -> torch.Tensor:  # -> (B, 2L, H, d)
-        t = torch.stack([read, write], dim=3)  # (B, H, C, 2, N, d)
-        return t.reshape(b, h, 2 * c * n, -1).transpose(1, 2).contiguous()
-
-    o, final = kernel(
-        q=seq(q_dec, zeros), k=seq(zeros, k), v=seq(torch.zeros_like(v), v),
-        g=g.reshape(b, h, 2 * c * n).transpose(1, 2).contiguous(),
-        scale=1.0, initial_state=init, output_final_state=True,
-    )
-    o = o.transpose(1, 2).reshape(b, h, c, 2, n, -1)[:, :, :, 0]  # read segments (B, H, C, N, d)
-    return o, final
 
 
 class LinearAttention(AttentionBackend):
@@ -167,9 +101,7 @@ class LinearAttention(AttentionBackend):
 
     @classmethod
     def availability(cls) -> Availability:
-        if cuda_available():
-            return Availability(True, FLA_IMPL if _fla_importable() else "pytorch chunked (CUDA)")
-        return Availability(True, "pytorch chunked (CPU)")
+        return Availability(True, expected_implementation(cuda_available()))
 
     # -- shared by forward and step --------------------------------------------------------
     def _phi(self, t: torch.Tensor) -> torch.Tensor:
@@ -187,33 +119,31 @@ class LinearAttention(AttentionBackend):
 
         q = heads(self._phi(q)) * d**-0.5
         k = heads(self._phi(k))
-        log_decay = None
-        if self.gated:
-            z = x if cond is None else x + cond.to(x.dtype)
-            log_decay = F.logsigmoid(self.decay_proj(z).float()) / GATE_LOGIT_NORMALIZER  # (B, L, H)
-            log_decay = log_decay.reshape(b, c, self.chunk_size, h).permute(0, 3, 1, 2)
+        log_decay = gate_log_decay(self.decay_proj, x, cond, self.chunk_size) if self.gated else None
         return q, k, heads(v), log_decay
 
-    def _mix(self, x: torch.Tensor, cond: torch.Tensor | None, state: State, use_fla: bool):
-        """Mixed output (B, L, D) and the state after the last chunk."""
-        q, k, v, log_decay = self._project(x, cond)
+    def _mix(self, x: torch.Tensor, cond: torch.Tensor | None, state: State | None):
+        """Mixed output (B, L, D) and, given a carried ``state`` (one chunk: `step`), the state
+        after it; without one (`forward`) the sequence starts from a zero state, returned as None."""
+        q, k, v, log_decay = self._project(x, cond)  # (B, H, C, N, d); (B, H, C, N) or None
         kv = k.transpose(-1, -2) @ v  # (B, H, C, d, d): KV_c
-        num = q @ kv  # intra-chunk, bidirectional: phi(q_i) KV_c
-        q_dec, log_gamma = q, None
-        if log_decay is not None:
-            log_gamma = log_decay.mean(-1)  # (B, H, C)
-            q_dec = q * log_decay.cumsum(-1).exp()[..., None]  # query-side intra-chunk decay
-        new_state = {}
-        if use_fla:
-            cross, new_state["kv"] = cross_via_gla(q_dec, k, v, log_gamma, state["kv"].float(),
-                                                   _fla_kernel())
+        intra = q @ kv  # intra-chunk, bidirectional: phi(q_i) KV_c
+        log_gamma = None if log_decay is None else chunk_log_decay(log_decay)  # (B, H, C)
+        new_state = None
+        if state is None:  # num = intra + phi(q_i) exp(G_i) S_c, the op chunk-parallel
+            res = chunk_recurrence(q, k, v, log_decay, kv=kv, base=intra)
+            num, self.implementation = res.out, res.implementation
         else:
-            states, new_state["kv"] = scan_chunk_states(kv, log_gamma, state["kv"].float())
-            cross = q_dec @ states  # (B, H, C, N, d)
-        num = num + cross
-        if self.config.normalize:
+            num, kv_state = recurrent_step(q, k, v, log_decay, state["kv"], kv=kv, base=intra)
+            new_state = {"kv": kv_state}  # num: (B, H, 1, N, d), kv_state: (B, H, d, d)
+        if self.config.normalize:  # the same recursion on sum(k) (V replaced by ones)
             ksum = k.sum(3)  # (B, H, C, d)
-            zs, new_state["z"] = scan_chunk_states(ksum, log_gamma, state["z"].float())
+            if state is None:
+                zs, _ = chunk_states(ksum, log_gamma)  # (B, H, C, d)
+            else:
+                zs = state["z"].float()[:, :, None]  # (B, H, 1, d): S_c of the normaliser
+                new_state["z"] = advance(zs, ksum, log_gamma)[:, :, 0]  # (B, H, d)
+            q_dec = decay_queries(q, log_decay)
             den = (q * ksum.unsqueeze(3)).sum(-1) + (q_dec * zs.unsqueeze(3)).sum(-1)
             num = num / (den + EPS).unsqueeze(-1)
         b, h, c, n, d = num.shape
@@ -223,10 +153,7 @@ class LinearAttention(AttentionBackend):
     # -- the contract ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         self.check_sequence(x)
-        use_fla = x.is_cuda and self.head_dim <= 256 and _fla_importable()
-        device = "CUDA" if x.is_cuda else "CPU"
-        self.implementation = FLA_IMPL if use_fla else f"pytorch chunked ({device})"
-        y, _ = self._mix(x, cond, self.init_state(x.shape[0], x.device), use_fla)
+        y, _ = self._mix(x, cond, None)  # sets self.implementation to what the op ran
         return y
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
@@ -243,8 +170,8 @@ class LinearAttention(AttentionBackend):
     ) -> tuple[torch.Tensor, State]:
         """Recurrent form: one chunk against the state of all earlier chunks (pure)."""
         self.check_chunk(x)
-        self.implementation = f"pytorch chunked ({'CUDA' if x.is_cuda else 'CPU'})"
-        return self._mix(x, cond, state, use_fla=False)  # builds new tensors, never in place
+        self.implementation = PYTORCH_IMPL.format(device="CUDA" if x.is_cuda else "CPU")
+        return self._mix(x, cond, state)  # builds new tensors, never in place
 
     def reference(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Token-by-token loops in float64 (`reference.hybrid_mix_ref` with a linear inner part).
@@ -256,11 +183,7 @@ class LinearAttention(AttentionBackend):
                    for p in (self.q_proj, self.k_proj, self.v_proj))
         q = self._phi(q) * self.head_dim**-0.5
         k = self._phi(k)
-        log_decay = None
-        if self.gated:
-            z = x.to(ref.REF_DTYPE) + (0.0 if cond is None else cond.to(ref.REF_DTYPE))
-            logits = ref.linear_ref(z, self.decay_proj)  # (B, L, H)
-            log_decay = -torch.log1p(torch.exp(-logits)).transpose(1, 2) / GATE_LOGIT_NORMALIZER
+        log_decay = gate_log_decay_ref(self.decay_proj, x, cond) if self.gated else None  # (B, H, L)
         o, _ = ref.hybrid_mix_ref(q, k, v, log_decay, self.chunk_size, "linear")
         if self.config.normalize:
             ones = torch.ones_like(v[..., :1])  # (B, H, L, 1)

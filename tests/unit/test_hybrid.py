@@ -162,3 +162,40 @@ def test_low_precision_input_returns_its_dtype():
     y16 = m16(x.bfloat16(), cond.bfloat16())
     assert y16.dtype == torch.bfloat16
     torch.testing.assert_close(y16.float(), y32, atol=0.1, rtol=0.1)
+
+
+def test_implementation_names_what_ran():
+    from arflowbench.attention.hybrid import describe
+    from arflowbench.attention.ops import FLA_IMPL
+
+    m = _make()
+    with torch.no_grad():
+        m(_inputs(chunks=2)[0])
+    cpu = "pytorch (chunk-parallel forward, recurrent step)"  # unchanged since version 1
+    assert m.implementation == cpu == describe("pytorch chunked (CPU)")
+    assert describe(FLA_IMPL).startswith(FLA_IMPL)
+    fallback = describe("pytorch chunked (CUDA; fla not used: fla-core/triton not installed)")
+    assert fallback.startswith(cpu) and "fla not used: fla-core/triton not installed" in fallback
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (fla Triton kernels)")
+@pytest.mark.parametrize("options", [{}, {"decay": "none"}, {"inner": "linear"}])
+def test_fla_cross_term_matches_reference_on_gpu(options):
+    from arflowbench.attention.hybrid import describe
+    from arflowbench.attention.ops import FLA_IMPL
+
+    torch.manual_seed(0)
+    m = HybridAttention(128, 2, 64, **options).cuda()
+    x, cond = torch.randn(2, 256, 128, device="cuda"), torch.randn(2, 256, 128, device="cuda")
+    with torch.no_grad():
+        y = m(x, cond)
+        ref = m.reference(x, cond)
+        state, steps = m.init_state(2), []
+        for c in range(4):
+            out, state = m.step(x[:, c * 64 : (c + 1) * 64], state, cond[:, c * 64 : (c + 1) * 64])
+            steps.append(out)
+    assert m.implementation == describe(FLA_IMPL)
+    # fla's kernels may use TF32 tensor-core matmuls: a looser tolerance than on CPU
+    torch.testing.assert_close(y, ref, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(torch.cat(steps, 1), y, atol=2e-3, rtol=2e-3)
