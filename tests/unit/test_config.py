@@ -231,3 +231,86 @@ def test_resolve_arflow_sequence_longer_than_smallest_class():
     form = {"name": "arflow", "options": {"images_per_sequence": 1000}}
     with pytest.raises(ConfigError, match="images_per_sequence"):
         resolve(_spec(formulation=form, train={"steps": 5, "batch_size": 1000}), RuntimeOptions())
+
+
+# ---------------------------------------------------------------------- eval.metrics, eval.at
+EVAL_BASE = """
+    [base]
+    data.name = "digits"
+    train = {{ steps = 10, batch_size = 16 }}
+    eval = {{ {eval} }}
+"""
+
+
+@pytest.mark.parametrize("eval_, msg", [
+    ("num_samples = 10, at = [32, 16]", "eval.at must be increasing, got 32 then 16"),
+    ("num_samples = 10, at = [16, 176]", "eval.at point 176 is outside training (1..160 images"),
+    ("num_samples = 10, at = [0]", "eval.at point 0 is outside training"),
+    ("num_samples = 10, at = [20]", "eval.at point 20 images is not a whole number of steps"),
+    ("num_samples = 10, at = [11], at_unit = 'steps'", "outside training (1..10 steps)"),
+    ("at = [16]", "eval.at needs eval.at_num_samples"),
+    ("metrics = []", "metrics"),
+])
+def test_bad_eval_points_fail_when_the_matrix_loads(tmp_path, eval_, msg):
+    with pytest.raises(ConfigError) as exc:
+        Matrix.from_file(_matrix_file(tmp_path, EVAL_BASE.format(eval=eval_)))
+    assert msg in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_eval_points_in_images_or_steps():
+    spec = RunSpec.model_validate({"train": {"steps": 10, "batch_size": 16},
+                                   "eval": {"num_samples": 5, "at": [32, 160]}})
+    assert spec.eval_steps() == [2, 10]
+    spec = RunSpec.model_validate({"train": {"steps": 10, "batch_size": 16},
+                                   "eval": {"at_num_samples": 5, "at": [3], "at_unit": "steps"}})
+    assert spec.eval_steps() == [3]
+
+
+@pytest.mark.parametrize("metrics, err, msg", [
+    ([{"name": "fidelty"}], UnknownPluginError, "did you mean 'fidelity'"),
+    ([{"name": "fidelity", "options": {"extractor": "vgg"}}], ConfigError, "extractor"),
+    ([{"name": "fidelity", "options": {"kid_subsets": 0}}], ConfigError, "kid_subsets"),
+    ([{"name": "fidelity"}, {"name": "fidelity", "options": {"extractor": "classifier"}}],
+     ConfigError, "both report 'fid'"),
+])
+def test_bad_eval_metrics_fail_at_resolve(metrics, err, msg):
+    spec = RunSpec.model_validate({"eval": {"num_samples": 10, "metrics": metrics}})
+    with pytest.raises(err, match=msg):
+        resolve(spec, RuntimeOptions())
+
+
+def _ids(**eval_) -> tuple[str, str]:
+    res = resolve(RunSpec.model_validate({"eval": eval_}), RuntimeOptions())
+    return res.run_id, res.train_id
+
+
+def test_metric_versions_enter_the_run_hash_only_when_listed_and_train_id_ignores_eval():
+    fid_only = _ids(num_samples=10, metrics=[{"name": "fidelity"}])
+    both = _ids(num_samples=10, metrics=[{"name": "fidelity"}, {"name": "class-accuracy"}])
+    none = _ids(num_samples=0)
+    assert len({fid_only[0], both[0], none[0]}) == 3
+    assert fid_only[1] == both[1] == none[1]  # same training for every evaluation
+    res = resolve(RunSpec.model_validate({"eval": {"num_samples": 10, "metrics": [
+        {"name": "class-accuracy"}]}}), RuntimeOptions())
+    assert "metric:class-accuracy" in res.versions and "metric:fidelity" not in res.versions
+    assert not any(k.startswith("metric:") for k in resolve(RunSpec(), RuntimeOptions()).versions)
+    # explicit defaults and omitted ones hash alike
+    assert _ids(num_samples=10, metrics=[{"name": "fidelity", "options": {
+        "extractor": "inception"}}]) == fid_only
+
+
+def test_train_id_follows_training_fields_only():
+    def ids(**kw):
+        res = resolve(RunSpec.model_validate(kw), RuntimeOptions())
+        return res.run_id, res.train_id
+
+    base = ids()
+    for changed in ({"sample": {"cfg_scale": 2.0}}, {"sample": {"steps": 7}},
+                    {"sample": {"sampler": "heun"}}, {"eval": {"num_samples": 5}}):
+        run_id, train_id = ids(**changed)
+        assert run_id != base[0] and train_id == base[1], changed
+    for changed in ({"train": {"seed": 1}}, {"train": {"steps": 7}},
+                    {"attention": {"name": "hybrid"}}, {"model": {"patch_size": 4}},
+                    {"formulation": {"name": "sit", "options": {"class_dropout": 0.2}}}):
+        run_id, train_id = ids(**changed)
+        assert run_id != base[0] and train_id != base[1], changed

@@ -223,7 +223,7 @@ def test_sixty_training_steps_lower_the_loss(digits_train, model_factory, tmp_pa
     model = model_factory(seed=0).train()
     spec = TrainSpec(steps=60, batch_size=64, lr=1e-3, seed=0)
     ckpt = tmp_path / "ckpt.pt"
-    ema, result = train(model, SiT(), digits_train, spec, run_id="test-sit", checkpoint_path=ckpt,
+    ema, result = train(model, SiT(), digits_train, spec, train_id="test-sit", checkpoint_path=ckpt,
                         checkpoint_every=1000)
     assert len(result.losses) == 60 and ckpt.exists()
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
