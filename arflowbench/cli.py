@@ -14,12 +14,14 @@ from pathlib import Path
 
 import typer
 
+from arflowbench.cli_prepare import prepare_app
 from arflowbench.errors import ArflowbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark and ablation suite for autoregressive flow-matching generators.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write rows to the results store.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(prepare_app, name="prepare")
 
 RESULTS = typer.Option(Path("results"), "--results-dir", help="results store (runs.jsonl, artifacts/)")
 DATA_ROOT = typer.Option(None, "--data-root", help="dataset files (else $ARFLOWBENCH_DATA)")
