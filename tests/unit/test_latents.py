@@ -21,6 +21,7 @@ from arflowbench.errors import DataError  # noqa: E402
 from arflowbench.latents import prepare  # noqa: E402
 from arflowbench.latents.cache import LatentCache  # noqa: E402
 from arflowbench.latents.images import adm_center_crop  # noqa: E402
+from arflowbench.metrics.evaluate import check_samples  # noqa: E402
 
 SIZE = 32  # pixels; the tiny VAE has 4 blocks (factor 8): latents (4, 4, 4)
 
@@ -192,6 +193,9 @@ def test_decode_gives_uint8_images_of_the_pixel_shape(dataset, digits):
     z = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     images = dataset.decode(z)
     assert images.dtype == torch.uint8 and images.shape == (3, 3, SIZE, SIZE)
+    assert check_samples(images, dataset) is not None  # metrics check the decoded geometry
+    with pytest.raises(DataError, match=r"dataset 'latents' has \(3, 32, 32\)"):
+        check_samples(images[:, :, :8, :8], dataset)
     assert torch.equal(Dataset.decode(digits, z), to_uint8(z))  # pixel datasets: to_uint8
     assert digits.pixel_shape == (1, 8, 8)
     with pytest.raises(DataError, match="decode expects latents"):
