@@ -23,7 +23,7 @@ def latents(
                                  "256 for the paper (any multiple of the VAE's factor, 8)"),
         out: Path = typer.Option(..., "--out", help="cache folder to create"),
         batch_size: int = typer.Option(32, help="images per encoder call (each also flipped)"),
-        shard_size: int = typer.Option(1000, help="images per shard file (the unit of resumption)"),
+        shard_size: int = typer.Option(5000, help="images per shard file (the unit of resumption)"),
         device: str = typer.Option("auto", help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)"),
         workers: int = typer.Option(4, help="threads decoding images"),
         progress: bool | None = typer.Option(None, "--progress/--no-progress",

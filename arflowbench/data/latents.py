@@ -164,9 +164,10 @@ class Latents(Dataset):
             raise DataError(f"decode expects latents (N, {c}, {h}, {w}), got {tuple(x.shape)}")
         vae = self.vae(x.device)
         out = []
-        for chunk in x.split(self.config.decode_batch_size):
-            pixels = vae.decode(chunk.float() / self.config.scaling_factor).sample  # (n, 3, H, W)
-            out.append(to_uint8(pixels))
+        with torch.autocast(x.device.type, enabled=False):  # float32 decoding, as in encoding
+            for chunk in x.split(self.config.decode_batch_size):
+                pixels = vae.decode(chunk.float() / self.config.scaling_factor).sample  # (n, 3, H, W)
+                out.append(to_uint8(pixels))
         return torch.cat(out) if out else torch.empty((0, *self.pixel_shape), dtype=torch.uint8,
                                                       device=x.device)
 

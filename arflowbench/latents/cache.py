@@ -18,6 +18,9 @@ import numpy as np
 from arflowbench.errors import DataError
 from arflowbench.latents.prepare import FORMAT, FORMAT_VERSION, INDEX, partial_dir
 
+#: memory-mapped shards kept open at once (Python's mmap keeps a duplicated descriptor each)
+MAX_OPEN_SHARDS = 256
+
 
 class LatentCache:
     """A finished cache folder: index, labels and lazily memory-mapped shards."""
@@ -75,7 +78,11 @@ class LatentCache:
 
     # ------------------------------------------------------------------ rows
     def _shard(self, k: int) -> np.ndarray:
-        if k not in self._shards:
+        if k in self._shards:
+            self._shards[k] = self._shards.pop(k)  # most recently used last
+        else:
+            if len(self._shards) >= MAX_OPEN_SHARDS:  # each memory map holds a file descriptor
+                self._shards.pop(next(iter(self._shards)))
             entry = self.index["shards"][k]
             c, h, w = self.latent_shape
             want = (entry["count"], 2, 2 * c, h, w)

@@ -101,15 +101,23 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
 
 
-def _set_up(partial: Path, plan: dict[str, Any], listing: FolderListing) -> None:
-    """Create the partial folder once, or check that an existing one is this cache's."""
+def _check_partial(partial: Path, plan: dict[str, Any]) -> bool:
+    """True if `partial` holds this cache's set-up; ConfigError if it holds another cache's."""
     plan_file = partial / PLAN
-    if plan_file.is_file():
-        old = json.loads(plan_file.read_text())
-        if not same_cache(old, plan) or old["shard_size"] != plan["shard_size"]:
-            raise ConfigError(f"{partial} holds an unfinished cache with another "
-                              f"{_differences(old, plan)}: rerun with its options to resume it, "
-                              "or delete it")
+    if not plan_file.is_file():
+        return False
+    old = json.loads(plan_file.read_text())
+    if not same_cache(old, plan) or old["shard_size"] != plan["shard_size"]:
+        raise ConfigError(f"{partial} holds an unfinished cache with another "
+                          f"{_differences(old, plan)}: rerun with its options to resume it, "
+                          "or delete it")
+    return True
+
+
+def _set_up(partial: Path, plan: dict[str, Any], listing: FolderListing) -> None:
+    """Create the partial folder once (file list, labels, then plan.json)."""
+    plan_file = partial / PLAN
+    if _check_partial(partial, plan):
         return
     (partial / SHARDS).mkdir(parents=True, exist_ok=True)
     atomic_write(partial / FILES, lambda f: f.write("".join(p + "\n" for p in listing.files).encode()))
@@ -120,8 +128,8 @@ def _set_up(partial: Path, plan: dict[str, Any], listing: FolderListing) -> None
 def pick_device(device: str, rank: Rank) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = f"cuda:{rank.local_rank}"
+    if device == "cuda":  # one GPU per local rank (ranks share GPUs when there are fewer)
+        device = f"cuda:{rank.local_rank % max(1, torch.cuda.device_count())}"
     return torch.device(device)
 
 
@@ -154,6 +162,20 @@ def _encode_shard(vae, listing: FolderListing, shard: dict[str, Any], plan: dict
     return out
 
 
+def _finished(out: Path, plan: dict[str, Any], echo: Callable[[str], None]) -> bool:
+    """True if `out` is this very cache already; ConfigError if it is something else."""
+    if (out / INDEX).is_file():
+        old = json.loads((out / INDEX).read_text())
+        if not same_cache(old, plan):
+            raise ConfigError(f"{out} is a latent cache with another {_differences(old, plan)}: "
+                              "choose another --out")
+        echo(f"{out}: already prepared ({old['num_images']} images)")
+        return True
+    if out.exists():
+        raise ConfigError(f"{out} exists and is not a latent cache: choose another --out")
+    return False
+
+
 def _finish(out: Path, partial: Path, plan: dict[str, Any]) -> Path | None:
     """Under the lock: if every shard exists, publish the cache under its final name."""
     with file_lock(lock_path(out)):
@@ -172,7 +194,7 @@ def _finish(out: Path, partial: Path, plan: dict[str, Any]) -> Path | None:
 
 
 def prepare_latents(vae: str | Path, images: str | Path, size: int, out: str | Path, *,
-                    batch_size: int = 32, shard_size: int = 1000, device: str = "auto",
+                    batch_size: int = 32, shard_size: int = 5000, device: str = "auto",
                     workers: int = 4, progress: bool = False,
                     echo: Callable[[str], None] = lambda s: None) -> Path | None:
     """Encode `images` into the cache `out` (see the module docstring). Returns `out` when this
@@ -192,18 +214,11 @@ def prepare_latents(vae: str | Path, images: str | Path, size: int, out: str | P
         raise ConfigError(f"--size {size} is not a multiple of the VAE's downsampling factor "
                           f"{identity['downsample']}")
     plan = build_plan(listing, identity, size, shard_size)
-    if (out / INDEX).is_file():
-        old = json.loads((out / INDEX).read_text())
-        if not same_cache(old, plan):
-            raise ConfigError(f"{out} is a latent cache with another {_differences(old, plan)}: "
-                              "choose another --out")
-        echo(f"{out}: already prepared ({old['num_images']} images)")
-        return out
-    if out.exists():
-        raise ConfigError(f"{out} exists and is not a latent cache: choose another --out")
     rank, partial = rank_from_env(), partial_dir(out)
-    with file_lock(lock_path(out)):
-        _set_up(partial, plan, listing)
+    with file_lock(lock_path(out)):  # read-only checks first: bad input leaves nothing behind
+        if _finished(out, plan, echo):
+            return out
+        _check_partial(partial, plan)
     shards = plan["shards"]
     mine = [k for k in range(len(shards)) if k % rank.world == rank.rank]
     todo = [k for k in mine if not (partial / shards[k]["file"]).is_file()]
@@ -214,6 +229,10 @@ def prepare_latents(vae: str | Path, images: str | Path, size: int, out: str | P
     todo_paths = [listing.root / listing.files[i]
                   for k in todo for i in range(shards[k]["start"], shards[k]["start"] + shards[k]["count"])]
     check_headers(todo_paths, workers)
+    with file_lock(lock_path(out)):
+        if _finished(out, plan, echo):  # another rank published it meanwhile
+            return out
+        _set_up(partial, plan, listing)
     dev = pick_device(device, rank)
     model = model.to(dev)
     echo(f"rank {rank.rank}/{rank.world}: {len(todo)} of {len(mine)} shards to encode "

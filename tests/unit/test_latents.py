@@ -1,5 +1,4 @@
-"""Latent caching and the `latents` dataset, with a random tiny AutoencoderKL (factor 8, 4 latent
-channels) on 16 tiny images in 4 class folders: encode, resume, ranks, draws, decode, bad input."""
+"""Latent caching and the `latents` dataset with a random tiny AutoencoderKL (factor 8) on 16 images."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ pytest.importorskip("diffusers", reason="pip install 'arflowbench[latents]'")
 from arflowbench.cli import main  # noqa: E402
 from arflowbench.data.base import Dataset, to_model_range, to_uint8  # noqa: E402
 from arflowbench.data.latents import Latents  # noqa: E402
-from arflowbench.data.sequences import ClassGroupedSampler, sample_images  # noqa: E402
+from arflowbench.data.sequences import sample_images  # noqa: E402
 from arflowbench.errors import DataError  # noqa: E402
 from arflowbench.latents import prepare  # noqa: E402
 from arflowbench.latents.cache import LatentCache  # noqa: E402
@@ -30,11 +29,9 @@ def make_vae(folder: Path, seed: int) -> Path:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(block_out_channels=(8, 8, 16, 16), latent_channels=4, sample_size=32,
-                        down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1,
-                        norm_num_groups=8)
-    vae.save_pretrained(folder)
+    AutoencoderKL(block_out_channels=(8, 8, 16, 16), latent_channels=4, sample_size=32,
+                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                  layers_per_block=1, norm_num_groups=8).save_pretrained(folder)
     return folder
 
 
@@ -77,8 +74,7 @@ def test_cache_holds_moments_of_each_image_and_its_flip(env):
     assert cache.latent_shape == (4, 4, 4) and cache.size == SIZE
     assert cache.labels.tolist() == [c for c in range(4) for _ in range(4)]
     assert [s["count"] for s in cache.index["shards"]] == [5, 5, 5, 1]
-    vae_info = cache.vae
-    assert len(vae_info["weights_sha256"]) == 64 and vae_info["config"]["latent_channels"] == 4
+    assert len(cache.vae["weights_sha256"]) == 64 and cache.vae["config"]["latent_channels"] == 4
     assert (env["cache"] / "files.txt").read_text().splitlines()[0] == "class0/img0.png"
     assert not prepare.partial_dir(env["cache"]).exists()
     # row 6 recomputed by hand: ADM crop, [-1, 1], encoder posterior of the image and of its flip
@@ -94,6 +90,16 @@ def test_cache_holds_moments_of_each_image_and_its_flip(env):
             got = cache.moments(np.array([6]), np.array([flip]))[0]  # (8, 4, 4)
             torch.testing.assert_close(torch.from_numpy(got[:4]), dist.mean[0], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(torch.from_numpy(got[4:]), dist.logvar[0], atol=1e-5, rtol=1e-5)
+
+
+def test_reader_gathers_rows_with_few_shards_open(env, monkeypatch):
+    monkeypatch.setattr("arflowbench.latents.cache.MAX_OPEN_SHARDS", 2)
+    cache = LatentCache(env["cache"])
+    idx, flip = np.arange(16)[::-1], np.arange(16) % 2  # every shard, both orientations
+    got = cache.moments(idx, flip)  # (16, 8, 4, 4)
+    assert len(cache._shards) <= 2
+    full = np.concatenate([np.load(env["cache"] / s["file"]) for s in cache.index["shards"]])
+    np.testing.assert_array_equal(got, full[idx, flip])
 
 
 def test_resume_after_interruption_is_byte_identical(env, tmp_path, monkeypatch):
@@ -123,7 +129,18 @@ def test_resume_after_interruption_is_byte_identical(env, tmp_path, monkeypatch)
     assert not partial.exists()
 
 
-def test_ranks_split_shards_and_the_last_one_publishes(env, tmp_path, monkeypatch):
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["arflowbench", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_ranks_split_shards_and_the_last_one_publishes(env, tmp_path, monkeypatch, capsys):
     out = tmp_path / "cache"
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
@@ -131,9 +148,31 @@ def test_ranks_split_shards_and_the_last_one_publishes(env, tmp_path, monkeypatc
                                    shard_size=5) is None
     shards = prepare.partial_dir(out) / "shards"
     assert sorted(p.name for p in shards.iterdir()) == ["shard-00001.npy", "shard-00003.npy"]
-    monkeypatch.setenv("RANK", "0")
-    assert prepare.prepare_latents(env["vae"], env["images"], SIZE, out, batch_size=3,
-                                   shard_size=5) == out
+    monkeypatch.setenv("RANK", "0")  # rank 0 through the command line
+    code, stdout, err = run_cli(monkeypatch, capsys, "prepare", "latents", "--vae", str(env["vae"]),
+                                "--images", str(env["images"]), "--size", "32", "--out", str(out),
+                                "--shard-size", "5", "--batch-size", "3", "--no-progress")
+    assert code == 0 and stdout.strip() == f"wrote {out}", err
+    assert tree(out) == tree(env["cache"])
+
+
+@pytest.mark.slow
+def test_two_concurrent_ranks_give_the_single_process_cache(env, tmp_path):
+    """Two real processes, as torchrun starts them (~6 s: each imports torch and diffusers)."""
+    import os
+    import subprocess
+
+    out = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "arflowbench.cli", "prepare", "latents", "--vae", str(env["vae"]),
+           "--images", str(env["images"]), "--size", str(SIZE), "--out", str(out),
+           "--batch-size", "3", "--shard-size", "5", "--no-progress"]
+    procs = [subprocess.Popen(cmd, env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2",
+                                        "LOCAL_RANK": str(r), "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert sum(o.startswith("wrote ") for o, _ in results) >= 1
     assert tree(out) == tree(env["cache"])
 
 
@@ -145,8 +184,8 @@ def dataset(env):
 
 def test_dataset_geometry_and_record(dataset, env):
     dataset.check_available()
-    assert (dataset.channels, dataset.image_size, dataset.num_classes) == (4, 4, 4)
-    assert dataset.pixel_shape == (3, SIZE, SIZE)
+    assert (dataset.channels, dataset.image_size, dataset.num_classes, dataset.pixel_shape) == \
+        (4, 4, 4, (3, SIZE, SIZE))  # the model sees 4 x size/8 x size/8; decoding gives RGB
     info = dataset.record_info()
     assert info["vae"]["weights_sha256"] == LatentCache(env["cache"]).vae["weights_sha256"]
     assert len(info["latent_cache"]["index_sha256"]) == 64
@@ -175,13 +214,12 @@ def test_class_grouped_sequences_and_a_training_step(dataset, model_factory):
     from arflowbench.formulations.arflow import ARFlow
 
     train = dataset.load("train")
-    x, y = ClassGroupedSampler(train, 3).sample(2, torch.Generator().manual_seed(0))
-    assert x.shape == (2, 3, 4, 4, 4) and x.dtype == torch.float32
     form = ARFlow(ARFlow.Config(images_per_sequence=2))
+    idx, _ = form.sequence_sampler(train).indices(3, torch.Generator().manual_seed(1))  # (3, 2)
+    assert all(len(set(train.labels[row].tolist())) == 1 for row in idx)  # one class per item
     g = torch.Generator().manual_seed(1)
-    xb, yb = form.make_batch(train, 4, g)  # (2, 2, 4, 4, 4)
-    idx, labels = form.sequence_sampler(train).indices(2, torch.Generator().manual_seed(1))
-    assert all(len(set(train.labels[row].tolist())) == 1 for row in idx)
+    xb, yb = form.make_batch(train, 4, g)
+    assert xb.shape == (2, 2, 4, 4, 4) and xb.dtype == torch.float32  # (B, S, C, h, w) latents
     model = model_factory(image_size=4, channels=4, patch_size=2, num_classes=4)
     loss = form.training_loss(model, xb, yb, g)["loss"]
     assert torch.isfinite(loss)
@@ -210,39 +248,15 @@ def test_another_vae_or_size_is_refused(env, tmp_path):
         Latents(Latents.Config(cache=str(env["cache"]), size=64)).check_available()
 
 
-# ---------------------------------------------------------------------------------- CLI
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["arflowbench", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_cli_prepares_a_cache(env, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "c"
-    code, stdout, err = run_cli(monkeypatch, capsys, "prepare", "latents", "--vae", str(env["vae"]),
-                                "--images", str(env["images"]), "--size", "32", "--out", str(out),
-                                "--shard-size", "5", "--batch-size", "3", "--no-progress")
-    assert code == 0, err
-    assert stdout.strip() == f"wrote {out}" and tree(out) == tree(env["cache"])
-
-
+# ---------------------------------------------------------------------------------- bad input
 def _bad_cases(env, tmp: Path) -> dict[str, tuple[list[str], str]]:
-    flat = tmp / "flat"
-    flat.mkdir()
-    (flat / "a.png").write_bytes((env["images"] / "class0" / "img0.png").read_bytes())
-    broken = tmp / "broken"
-    for c in ("a", "b"):
-        (broken / c).mkdir(parents=True)
-        (broken / c / "ok.png").write_bytes((env["images"] / "class0" / "img0.png").read_bytes())
-    (broken / "b" / "zz.png").write_bytes(b"not a png")
-    unet = tmp / "unet"
-    unet.mkdir()
-    (unet / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    png = (env["images"] / "class0" / "img0.png").read_bytes()
+    flat, broken, unet = tmp / "flat", tmp / "broken", tmp / "unet"
+    for folder, name, data in [(flat, "a.png", png), (broken / "a", "ok.png", png),
+                               (broken / "b", "zz.png", b"not a png"),
+                               (unet, "config.json", b'{"_class_name": "UNet2DModel"}')]:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
     other = make_vae(tmp / "other", seed=1)
     args = ["--images", str(env["images"]), "--size", "32"]
     return {
@@ -270,6 +284,7 @@ def test_bad_input_is_one_error_line_and_exit_2(env, tmp_path, monkeypatch, caps
         assert expected in lines[0], (case, lines[0])
         if out != env["cache"]:
             assert not out.exists(), case  # nothing under the final name
+            assert not prepare.partial_dir(out).exists(), case  # nor a started partial cache
     assert LatentCache(env["cache"]).vae["weights_sha256"]  # the existing cache is untouched
 
 
