@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from arflowbench.cli_prepare import prepare_app
 from arflowbench.errors import ArflowbenchError
 from arflowbench.metrics.extractors import extractors_help
 
@@ -21,6 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Benchmark and ablation suite for autoregressive flow-matching generators.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write rows to the results store.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(prepare_app, name="prepare")
 
 RESULTS = typer.Option(Path("results"), "--results-dir", help="results store (runs.jsonl, artifacts/)")
 DATA_ROOT = typer.Option(None, "--data-root", help="dataset files (else $ARFLOWBENCH_DATA)")
@@ -165,21 +167,22 @@ def bench_sampling(steps: int = 250, batch: int = 8, flavor: str = "debug", repe
 @app.command("eval")
 def eval_samples(
         samples: Path = typer.Option(..., "--samples", help="ADM-style .npz or a folder of PNGs"),
-        dataset: str = typer.Option(..., "--dataset", help="reference dataset name"),
+        reference: str | None = typer.Option(None, "--reference", help="dataset name, image .npz or "
+                                             "PNG folder, or ADM reference batch (mu/sigma used as is)"),
+        dataset: str | None = typer.Option(None, "--dataset", help="reference dataset name"),
         extractor: str = typer.Option("inception", help=f"feature extractor: {extractors_help()}"),
         split: str = typer.Option("test", help="reference split"),
         kid_subset_size: int | None = None, data_root: Path | None = DATA_ROOT,
-        cache_dir: Path | None = None, device: str = "cpu") -> None:
+        cache_dir: Path | None = None, device: str = "cpu",
+        reference_features: bool = typer.Option(
+            True, help="reference images' features for KID and precision/recall "
+            "(off: FID from ADM statistics only)")) -> None:
     """Score any set of samples with the same metrics as a run (FID, KID, precision, recall)."""
-    from arflowbench.metrics.evaluate import evaluate_samples, load_samples_file, load_samples_labels
-    from arflowbench.plugins import DATASET
+    from arflowbench.metrics.reference import evaluate_file
 
-    images = load_samples_file(samples)
-    labels = load_samples_labels(samples) if samples.suffix == ".npz" else None
-    ds = DATASET.get(dataset)(None, data_root)
-    ds.check_available()
-    metrics = evaluate_samples(images, labels, ds, extractor=extractor, reference_split=split,
-                               kid_subset_size=kid_subset_size, cache_dir=cache_dir, device=device)
+    metrics = evaluate_file(samples, reference, dataset, extractor=extractor, split=split,
+                            kid_subset_size=kid_subset_size, reference_features=reference_features,
+                            data_root=data_root, cache_dir=cache_dir, device=device)
     typer.echo(json.dumps(metrics, indent=2))
 
 

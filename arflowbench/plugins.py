@@ -263,6 +263,7 @@ _BUILTINS = {
         "digits": "arflowbench.data.digits:Digits",
         "fashion-mnist": "arflowbench.data.fashion_mnist:FashionMNIST",
         "imagefolder": "arflowbench.data.imagefolder:ImageFolder",
+        "latents": "arflowbench.data.latents:Latents",
     },
     METRIC: {
         "fidelity": "arflowbench.metrics.fid:FidelityMetric",

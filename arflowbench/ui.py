@@ -30,3 +30,25 @@ def progress_bar(description: str, total: int, enabled: bool = True):
             bar.update(task, completed=step, loss=loss, ips=images_per_s)
 
         yield update
+
+
+@contextmanager
+def count_bar(description: str, total: int, enabled: bool = True):
+    """Yields `advance(n)`: a bar counting items done of `total`; a no-op when disabled."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

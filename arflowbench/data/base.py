@@ -4,6 +4,13 @@ A dataset plugin is built as ``Dataset(config, data_root)`` and returns an `Imag
 Images are ``(N, C, H, W)`` uint8 in [0, 255]; models see them through `to_model_range`.
 The datasets here are small (digits, Fashion-MNIST, a user's folder), so holding a split in
 memory keeps sampling exact and deterministic without loader workers.
+
+Float data (latents): samplers draw training items through ``split.take(idx, g)``; an `ImageSet`
+returns its uint8 rows (and leaves `g` untouched), while a set that supplies model-space floats
+(e.g. `data.latents.LatentSet`: labels, num_classes, ``__len__``, ``class_counts`` and ``take``)
+returns float tensors, drawn from `g`, which `to_model_range` passes through unchanged. The way
+back is `Dataset.decode`: model-space samples -> uint8 images of shape `Dataset.pixel_shape`
+(``to_uint8`` by default; the latents dataset runs its VAE decoder).
 """
 
 from __future__ import annotations
@@ -42,9 +49,16 @@ class ImageSet:
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=self.num_classes)
 
+    def take(self, idx: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        """Training items at `idx` (any shape): uint8 (*idx.shape, C, H, W). `g` is unused here;
+        sets of float data draw from it (see the module docstring)."""
+        return self.images[idx]
+
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
+    """uint8 [0, 255] -> float32 [-1, 1]; float input is already in model space (latents)."""
+    if images.is_floating_point():
+        return images
     return images.float().div(127.5).sub(1.0)
 
 
@@ -75,6 +89,20 @@ class Dataset(PluginBase):
     @property
     def num_classes(self) -> int:
         raise NotImplementedError
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images `decode` returns (what metrics compare samples against)."""
+        return (self.channels, self.image_size, self.image_size)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space samples (N, channels, image_size, image_size) -> uint8 (N, *pixel_shape).
+        The one hook between sampling and metrics: pixel datasets map [-1, 1] to [0, 255]."""
+        return to_uint8(x)
+
+    def record_info(self) -> dict:
+        """JSON-ready facts a run record should carry about this data (e.g. the VAE)."""
+        return {}
 
     def check_available(self) -> None:
         """Raise DataError with install instructions if the data is missing."""

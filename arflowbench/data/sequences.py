@@ -13,9 +13,9 @@ from arflowbench.errors import ConfigError
 
 
 def sample_images(data: ImageSet, batch_size: int, g: torch.Generator):
-    """Uniformly drawn images and labels: (B, C, H, W) uint8, (B,)."""
+    """Uniformly drawn images and labels: (B, C, H, W) uint8 (or float latents), (B,)."""
     idx = torch.randint(len(data), (batch_size,), generator=g)
-    return data.images[idx], data.labels[idx]
+    return data.take(idx, g), data.labels[idx]
 
 
 class ClassGroupedSampler:
@@ -60,6 +60,6 @@ class ClassGroupedSampler:
         return torch.stack(rows), torch.tensor(labels)
 
     def sample(self, batch_size: int, g: torch.Generator):
-        """(B, S, C, H, W) uint8 images and (B,) labels."""
+        """(B, S, C, H, W) uint8 images (or float latents) and (B,) labels."""
         idx, labels = self.indices(batch_size, g)
-        return self.data.images[idx], labels
+        return self.data.take(idx, g), labels

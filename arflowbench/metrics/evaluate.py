@@ -45,7 +45,8 @@ class _Images(torch.utils.data.Dataset):
 
 
 def check_samples(samples: torch.Tensor, dataset: Any) -> torch.Tensor:
-    """Validate uint8 (N, C, H, W) samples against the dataset's geometry.
+    """Validate uint8 (N, C, H, W) samples against the dataset's decoded geometry
+    (``dataset.pixel_shape``: the latents dataset decodes to RGB at the cache's size).
 
     Grayscale datasets accept RGB samples whose three channels are equal (PNG writers often
     store gray images that way) and keep one channel.
@@ -55,13 +56,14 @@ def check_samples(samples: torch.Tensor, dataset: Any) -> torch.Tensor:
             else type(samples).__name__
         raise DataError(f"samples must be a uint8 tensor (N, C, H, W), got {what}")
     samples = samples.detach().cpu()
-    c, size = dataset.channels, dataset.image_size
-    if c == 1 and samples.shape[1] == 3 and bool((samples == samples[:, :1]).all()):
+    shape = tuple(getattr(dataset, "pixel_shape", (dataset.channels, dataset.image_size,
+                                                    dataset.image_size)))
+    if shape[0] == 1 and samples.shape[1] == 3 and bool((samples == samples[:, :1]).all()):
         samples = samples[:, :1]
-    if tuple(samples.shape[1:]) != (c, size, size):
+    if tuple(samples.shape[1:]) != shape:
         raise DataError(
             f"samples have shape (C, H, W) = {tuple(samples.shape[1:])}, dataset "
-            f"{dataset.name!r} has {(c, size, size)}"
+            f"{dataset.name!r} has {shape}"
         )
     return samples
 
