@@ -73,6 +73,7 @@ def run_job(job: Job) -> RunRecord:
                                    f"{res.run_id}/{res.train_id} (code changed in between?)")
         rec.spec = res.spec.model_dump(mode="json")
         rec.plugins = _plugins(res)
+        rec.data_info = res.dataset.record_info()
         if res.unavailable:
             raise PluginUnavailableError(f"attention {res.spec.attention.name!r} is "
                                          f"unavailable here: {res.unavailable}")

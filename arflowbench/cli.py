@@ -164,6 +164,26 @@ def bench_sampling(steps: int = 250, batch: int = 8, flavor: str = "debug", repe
     typer.echo(summary(rows))
 
 
+@bench_app.command("training")
+def bench_training(
+        flavors: str = typer.Option("debug", help="comma-separated model flavors"),
+        variants: str = typer.Option("sit-softmax,arflow-hybrid",
+                                     help="comma-separated formulation-attention pairs"),
+        dataset: str = typer.Option("fashion-mnist", help="training data"),
+        patch_size: int = typer.Option(4, help="patch size (fashion-mnist 32x32, 4: 64 tokens)"),
+        batch: int = typer.Option(40, help="images per step"),
+        repeats: int = typer.Option(10, help="timed steps per variant (interleaved)"),
+        threads: int | None = typer.Option(None, help="torch threads (default: torch's)"),
+        results_dir: Path = typer.Option(Path("results/bench"), "--results-dir",
+                                         help="where bench.jsonl is appended")) -> None:
+    """Training step time, images/s and MFU per flavor, variants timed A/B interleaved."""
+    from arflowbench.benchmarks.training import run_training_bench
+
+    run_training_bench([f for f in flavors.split(",") if f], [v for v in variants.split(",") if v],
+                       dataset=dataset, patch_size=patch_size, batch=batch, repeats=repeats,
+                       threads=threads, results_dir=results_dir, say=typer.echo)
+
+
 @app.command("eval")
 def eval_samples(
         samples: Path = typer.Option(..., "--samples", help="ADM-style .npz or a folder of PNGs"),

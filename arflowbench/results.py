@@ -104,6 +104,8 @@ class RunRecord(_Record):
     #: the normalised RunSpec as JSON (kept raw: old rows predate today's spec fields)
     spec: dict[str, Any] = Field(default_factory=dict)
     plugins: dict[str, PluginRef] = Field(default_factory=dict)
+    #: what the dataset says identifies its data beyond the spec (e.g. the VAE and latent cache)
+    data_info: dict[str, Any] = Field(default_factory=dict)
     #: flat scalars: final quality metrics, throughput, memory, provenance
     metrics: dict[str, Any] = Field(default_factory=dict)
     #: training loss, [[step, loss], ...] downsampled
