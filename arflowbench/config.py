@@ -65,6 +65,10 @@ class FormulationSpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+#: `train.precision` values (trainer.AUTOCAST_DTYPES maps each to its autocast dtype)
+PRECISIONS = ("fp32", "bf16")
+
+
 class TrainSpec(Strict):
     steps: int = Field(200, ge=1)
     #: images per optimisation step; ARFlow uses batch_size // S sequences of S images, so
@@ -72,10 +76,15 @@ class TrainSpec(Strict):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
+    #: AdamW weight decay of weight matrices (>= 2-D parameters); biases, norms and other 1-D
+    #: parameters never decay (the public ARFlow code: 0.02; SiT: 0)
     weight_decay: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.9999, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)
     grad_clip_mode: Literal["value", "norm"] = "norm"
+    #: "fp32": no autocast (the public code); "bf16": bf16 autocast of the forward and loss,
+    #: CUDA only (a bf16 cell on a CPU device fails at its start)
+    precision: Literal[PRECISIONS] = "fp32"  # type: ignore[valid-type]
     seed: int = 0
 
 

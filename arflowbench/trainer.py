@@ -17,7 +17,7 @@ import copy
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +26,14 @@ from torch import nn
 
 from arflowbench.config import TrainSpec
 from arflowbench.data.base import ImageSet
-from arflowbench.errors import ArflowbenchError, NonFiniteLossError
+from arflowbench.errors import ArflowbenchError, ConfigError, NonFiniteLossError
 from arflowbench.machine import synchronize
 
 #: bump when the training loop's numerics change (feeds the run hash)
-TRAINER_VERSION = 1
+#: 2: weight decay on weight matrices only (`param_groups`)
+TRAINER_VERSION = 2
+#: train.precision (config.PRECISIONS) -> autocast dtype of a training step (None: plain fp32)
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 #: first steps excluded from throughput (allocator and kernel warm-up)
 WARMUP_STEPS = 3
 
@@ -86,6 +89,43 @@ def load_checkpoint(path: Path, train_id: str) -> dict | None:
     return ckpt
 
 
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups as in the public ARFlow code: parameters with >= 2 dimensions (weight
+    matrices, conv kernels, the label-embedding table) decay by `weight_decay`; biases, norm
+    scales and other 1-D (or 0-D) parameters are in a no-decay group. Frozen parameters are left
+    out. Group order and membership follow `named_parameters()`, so a checkpoint's optimizer state
+    loads into the same model."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0},
+            {"params": decay, "weight_decay": weight_decay}]
+
+
+def autocast_dtype(device: str, precision: str) -> torch.dtype | None:
+    """The autocast dtype of a training step on `device` at `train.precision`, None for none.
+
+    fp32 (the default, as the public ARFlow/SiT code): no autocast anywhere. bf16: autocast on
+    CUDA. bf16 on CPU is rejected (ConfigError): CPU bf16 autocast is slower than fp32 here and
+    is not what a bf16 cell measures on GPU, so a CPU run of such a cell would report numbers
+    of neither setting."""
+    if precision not in AUTOCAST_DTYPES:
+        raise ConfigError(f"unknown train.precision {precision!r} "
+                          f"(known: {', '.join(AUTOCAST_DTYPES)})")
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is not None and torch.device(device).type != "cuda":
+        raise ConfigError(f"train.precision = {precision!r} needs a CUDA device, this cell runs on "
+                          f"{device!r}: use train.precision = \"fp32\" (the default) on CPU")
+    return dtype
+
+
+def autocast_context(device: str, precision: str) -> AbstractContextManager:
+    """The context a training step's forward and loss run in (see `autocast_dtype`)."""
+    dtype = autocast_dtype(device, precision)
+    return nullcontext() if dtype is None else torch.autocast(torch.device(device).type, dtype)
+
+
 def clip_gradients(model: nn.Module, spec: TrainSpec) -> None:
     if spec.grad_clip is None:
         return
@@ -104,10 +144,10 @@ def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, tra
     any later checkpoint, so a resumed run never lacks an earlier snapshot).
     `progress(step, total, loss, images_per_s)` is called after every step if given."""
     snapshots = snapshots or {}
+    autocast = autocast_context(device, spec.precision)  # first: a bad pair fails before any work
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas,
-                            weight_decay=spec.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, spec.weight_decay), lr=spec.lr, betas=spec.betas)
     result = TrainResult(images_per_step=spec.batch_size)
     start = 0
     ckpt = load_checkpoint(checkpoint_path, train_id)
@@ -119,8 +159,6 @@ def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, tra
         start = int(ckpt["step"])
         result.losses = list(ckpt["losses"])
         result.resumed_from = start
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
-                else nullcontext())
 
     def payload(step: int) -> dict:
         return {"train_id": train_id, "step": step, "model": model.state_dict(),

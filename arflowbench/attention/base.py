@@ -17,6 +17,11 @@ A backend is an `nn.Module` built as ``Backend(dim, num_heads, chunk_size, **opt
   "fla chunk kernel"); the run record stores it. Never a silent fallback.
 - ``reference(x, cond)`` is the slow, obvious plain-PyTorch implementation used by the
   conformance suite for parity.
+- Initialisation: the backbone calls ``reset_parameters_like_dit()`` once the model is built, which
+  gives every ``nn.Linear`` of the backend DiT's basic init (xavier-uniform weight, zero bias), as
+  the official DiT/SiT/ARFlow models do for their attention. A backend that initialises some of
+  its Linear layers itself (Mamba's dt_proj) names them in ``keeps_own_init``; parameters that are
+  not Linear layers (Mamba's A_log, D) are never touched.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class AttentionBackend(PluginBase, nn.Module):
     requires_cuda: ClassVar[bool] = False
     #: implements init_state/step
     supports_step: ClassVar[bool] = True
+    #: nn.Linear layers (names as in ``named_modules()``) this backend initialises itself; every
+    #: other nn.Linear gets DiT's basic init from `reset_parameters_like_dit`
+    keeps_own_init: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, dim: int, num_heads: int, chunk_size: int, **options: Any):
         nn.Module.__init__(self)
@@ -94,6 +102,30 @@ class AttentionBackend(PluginBase, nn.Module):
     @classmethod
     def availability(cls) -> Availability:
         return Availability(True, "pytorch")
+
+    # -- initialisation -----------------------------------------------------------------
+    def dit_init_linears(self) -> dict[str, nn.Linear]:
+        """The nn.Linear layers `reset_parameters_like_dit` initialises, by module name: all of
+        the backend's, less `keeps_own_init` (each of which must name one of its Linear layers)."""
+        linears = {n: m for n, m in self.named_modules() if isinstance(m, nn.Linear)}
+        unknown = sorted(set(self.keeps_own_init) - linears.keys())
+        if unknown:
+            raise ConfigError(f"{self.name}: keeps_own_init lists {', '.join(unknown)}, not "
+                              f"nn.Linear layers of the backend ({', '.join(linears) or 'none'})")
+        return {n: m for n, m in linears.items() if n not in self.keeps_own_init}
+
+    @torch.no_grad()
+    def reset_parameters_like_dit(self) -> None:
+        """DiT's basic init on `dit_init_linears`; the backbone calls it after building."""
+        for layer in self.dit_init_linears().values():
+            dit_basic_init(layer)
+
+
+def dit_basic_init(layer: nn.Linear) -> None:
+    """DiT's `_basic_init` of one Linear: xavier-uniform weight, zero bias."""
+    nn.init.xavier_uniform_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
 
 
 def cuda_available() -> bool:

@@ -96,6 +96,8 @@ class MambaMixer(AttentionBackend):
     name = "mamba"
     version = 1
     conformance_variants: ClassVar[tuple[dict, ...]] = ({}, {"d_state": 4, "d_conv": 2})
+    #: dt_proj's init sets the initial step sizes (below); the backbone's DiT init leaves it alone
+    keeps_own_init: ClassVar[tuple[str, ...]] = ("dt_proj",)
 
     class Config(PluginBase.Config):
         d_state: int = Field(16, ge=1, le=256)

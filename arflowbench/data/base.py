@@ -11,30 +11,51 @@ returns its uint8 rows (and leaves `g` untouched), while a set that supplies mod
 returns float tensors, drawn from `g`, which `to_model_range` passes through unchanged. The way
 back is `Dataset.decode`: model-space samples -> uint8 images of shape `Dataset.pixel_shape`
 (``to_uint8`` by default; the latents dataset runs its VAE decoder).
+
+Random horizontal flips (pixel datasets' ``flip`` option, off by default): the train split's
+`ImageSet` mirrors each drawn image with probability `FLIP_P`, drawn from the training step's
+generator in `take`, so a batch stays a pure function of (seed, step). Each image is drawn on its
+own: the S images of an ARFlow sequence are flipped independently (as the public code picks the
+cached latent of the image or of its flip per image). With ``flip = false`` `take` draws nothing
+and batches are exactly those of a dataset without the option. Test splits are never flipped, and
+``ImageSet.images`` (what metrics read) is never flipped either.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
 import torch
+from pydantic import BaseModel, Field
 
 from arflowbench.errors import DataError
 from arflowbench.plugins import PluginBase
 
 DATA_ENV = "ARFLOWBENCH_DATA"
+#: probability that a drawn training image is mirrored when flips are on (SiT, ARFlow: 0.5)
+FLIP_P = 0.5
+
+
+class PixelConfig(BaseModel):
+    """Options every pixel dataset's `Config` has (subclass it)."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+    flip: bool = Field(False, description="random horizontal flips of training images, "
+                       "p = 0.5 per image, drawn from the training step's generator")
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """One split: uint8 images (N, C, H, W) and int64 labels (N,)."""
+    """One split: uint8 images (N, C, H, W) and int64 labels (N,); `flip`: `take` mirrors each
+    drawn image with probability `FLIP_P` (see the module docstring)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     num_classes: int
+    flip: bool = False
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -50,9 +71,15 @@ class ImageSet:
         return torch.bincount(self.labels, minlength=self.num_classes)
 
     def take(self, idx: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
-        """Training items at `idx` (any shape): uint8 (*idx.shape, C, H, W). `g` is unused here;
-        sets of float data draw from it (see the module docstring)."""
-        return self.images[idx]
+        """Training items at `idx` (any shape): uint8 (*idx.shape, C, H, W). Without `flip`, `g`
+        is untouched; with it, one draw per item from `g` decides its mirroring."""
+        items = self.images[idx]  # (*idx.shape, C, H, W)
+        if not self.flip:
+            return items
+        if g is None:
+            raise ValueError("flipped training items need the training step's generator")
+        mirror = torch.rand(idx.shape, generator=g) < FLIP_P  # (*idx.shape,)
+        return torch.where(mirror[..., None, None, None], items.flip(-1), items)
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -112,7 +139,10 @@ class Dataset(PluginBase):
         if split not in self.splits:
             raise DataError(f"{self.name}: unknown split {split!r} (splits: {', '.join(self.splits)})")
         if split not in self._cache:
-            self._cache[split] = self._load(split)
+            data = self._load(split)
+            if split == "train" and isinstance(self.config, PixelConfig) and self.config.flip:
+                data = replace(data, flip=True)
+            self._cache[split] = data
         return self._cache[split]
 
     def _load(self, split: str) -> ImageSet:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
+from pydantic import field_validator
 
-from arflowbench.data.base import Dataset, ImageSet
+from arflowbench.data.base import Dataset, ImageSet, PixelConfig
 
 #: every TEST_EVERY-th image (in file order) is the test split; the rest is train
 TEST_EVERY = 5
@@ -15,6 +16,16 @@ class Digits(Dataset):
 
     name = "digits"
     version = 1
+
+    class Config(PixelConfig):
+        @field_validator("flip")
+        @classmethod
+        def _no_flip(cls, flip: bool) -> bool:
+            if flip:
+                raise ValueError("digits does not offer flip = true: a mirrored digit is not a "
+                                 "digit of its class (2, 3, 4, 5, 7, 9 ...), and the class-accuracy "
+                                 "metric would score such samples as wrong")
+            return flip
 
     channels = 1
     image_size = 8

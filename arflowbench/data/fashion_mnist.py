@@ -12,9 +12,9 @@ import struct
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from arflowbench.data.base import Dataset, ImageSet, resolve_root
+from arflowbench.data.base import Dataset, ImageSet, PixelConfig, resolve_root
 from arflowbench.errors import DataError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -54,8 +54,7 @@ class FashionMNIST(Dataset):
     name = "fashion-mnist"
     version = 1
 
-    class Config(BaseModel):
-        model_config = {"extra": "forbid", "frozen": True}
+    class Config(PixelConfig):
         pad_to: int = Field(32, ge=NATIVE_SIZE, description="output size after zero padding")
 
     channels = 1

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from arflowbench.data.base import Dataset, ImageSet
+from arflowbench.data.base import Dataset, ImageSet, PixelConfig
 from arflowbench.errors import DataError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
@@ -25,8 +25,7 @@ class ImageFolder(Dataset):
     name = "imagefolder"
     version = 1
 
-    class Config(BaseModel):
-        model_config = {"extra": "forbid", "frozen": True}
+    class Config(PixelConfig):
         root: str = Field(description="folder with one sub-folder per class")
         image_size: int = Field(32, ge=4)
         channels: Literal[1, 3] = 3

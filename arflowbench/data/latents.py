@@ -21,12 +21,10 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, Field
 
-from arflowbench.data.base import Dataset, to_uint8
+from arflowbench.data.base import FLIP_P, Dataset, to_uint8
 from arflowbench.errors import DataError
 from arflowbench.latents.cache import LatentCache
 from arflowbench.plugins import Availability
-
-FLIP_P = 0.5
 
 
 @dataclass(frozen=True, eq=False)

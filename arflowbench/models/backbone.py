@@ -22,12 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from arflowbench.attention.base import AttentionBackend, dit_basic_init
 from arflowbench.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
 from arflowbench.models.flavors import Flavor
 from arflowbench.plugins import ATTENTION
 
 #: bump when the backbone's numerics change (feeds the run hash)
-BACKBONE_VERSION = 1
+#: 2: attention Linear layers get DiT's basic init too (the backend's `reset_parameters_like_dit`)
+BACKBONE_VERSION = 2
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -107,13 +109,15 @@ class DiT(nn.Module):
         return self.blocks[0].attn.implementation
 
     def _init_weights(self) -> None:
-        # DiT's scheme. Attention backends keep their own initialisation (e.g. Mamba's dt bias).
+        # DiT's scheme: every Linear xavier-uniform with zero bias, the attention's included (as in
+        # the official DiT/SiT/ARFlow); the backend applies it to its own Linear layers, less
+        # those it initialises itself (`keeps_own_init`, e.g. Mamba's dt_proj), in module order.
         attn_modules = {id(m) for b in self.blocks for m in b.attn.modules()}
         for m in self.modules():
-            if isinstance(m, nn.Linear) and id(m) not in attn_modules:
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+            if isinstance(m, AttentionBackend):
+                m.reset_parameters_like_dit()
+            elif isinstance(m, nn.Linear) and id(m) not in attn_modules:
+                dit_basic_init(m)
         w = self.x_embed.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embed.bias)

@@ -24,7 +24,8 @@ from arflowbench.trainer import load_checkpoint, train
 SPEC = {
     "data": {"name": "digits"},
     "model": {"flavor": "debug", "patch_size": 2},
-    "train": {"steps": 40, "batch_size": 16, "lr": 1e-3, "grad_clip": 1.0},
+    # weight decay: the resumed optimizer state must carry its decay / no-decay groups
+    "train": {"steps": 40, "batch_size": 16, "lr": 1e-3, "grad_clip": 1.0, "weight_decay": 0.02},
     "sample": {"sampler": "euler", "steps": 2, "grid_per_class": 1},
 }
 
@@ -80,6 +81,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
     assert a["losses"] == b["losses"]
+    assert [g["weight_decay"] for g in b["optimizer"]["param_groups"]] == [0.0, 0.02]
     row = json.loads((tmp_path / "b" / "runs.jsonl").read_text().splitlines()[-1])
     assert row["status"] == "ok" and row["metrics"]["resumed_from_step"] == killed_at
     assert row["train_stage"] == "resumed"

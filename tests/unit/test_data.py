@@ -198,7 +198,7 @@ def test_fashion_mnist_from_env_dir_is_padded_and_centered(no_fashion_data):
     assert len(ds.load("test")) == 4
     odd = FashionMNIST(FashionMNIST.Config(pad_to=31))  # odd padding: one more column after
     _check_padded(odd.load("test").images, torch.from_numpy(raw["test"]).to(torch.uint8), 31)
-    assert DATASET.validate_options("fashion-mnist", {}) == {"pad_to": 32}
+    assert DATASET.validate_options("fashion-mnist", {}) == {"pad_to": 32, "flip": False}
     with pytest.raises(ConfigError, match="pad_to"):
         DATASET.validate_options("fashion-mnist", {"pad_to": 20})
 
