@@ -43,7 +43,8 @@ def _variant(name: str) -> tuple[str, str]:
     return form, att
 
 
-def _step_fn(form_name: str, att: str, flavor: str, data, batch: int, patch: int, seed: int):
+def _step_fn(form_name: str, att: str, flavor: str, ds, data, batch: int, patch: int,
+             seed: int):
     """A closure running one full training step, and (flops of one step, param count)."""
     from arflowbench.metrics.throughput import count_flops
 
@@ -51,8 +52,8 @@ def _step_fn(form_name: str, att: str, flavor: str, data, batch: int, patch: int
     form = form_cls()
     torch.manual_seed(seed)
     model = build_model(ModelSpec(flavor=flavor, patch_size=patch), AttentionSpec(name=att),
-                        image_size=data.image_size, channels=data.channels,
-                        num_classes=data.num_classes)
+                        image_size=ds.image_size, channels=ds.channels,
+                        num_classes=ds.num_classes)
     model.train()
     ema = copy.deepcopy(model).requires_grad_(False)
     spec = TrainSpec(steps=1, batch_size=batch)
@@ -101,7 +102,8 @@ def run_training_bench(flavors: Sequence[str] = ("debug",), variants: Sequence[s
     for flavor in flavors:
         fns, info = {}, {}
         for v, (form, att) in pairs.items():
-            fns[v], flops, params = _step_fn(form, att, flavor, data, batch, patch_size, seed)
+            fns[v], flops, params = _step_fn(form, att, flavor, ds, data, batch, patch_size,
+                                                seed)
             info[v] = (flops, params)
         timings = time_interleaved(fns, warmup=warmup, repeats=repeats)
         for v, t in timings.items():
