@@ -41,7 +41,12 @@ def _runtime(results_dir: Path, data_root: Path | None, **kw):
 
 @app.command()
 def validate(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
-             results_dir: Path = RESULTS, data_root: Path | None = DATA_ROOT) -> None:
+             results_dir: Path = RESULTS, data_root: Path | None = DATA_ROOT,
+             estimate: bool = typer.Option(False, help="count FLOPs per cell and estimate hours"),
+             peak_tflops: float = typer.Option(989.0, help="--estimate: peak TFLOP/s of one device "
+                                               "(default: H100 SXM bf16 dense)"),
+             mfu: float = typer.Option(0.4, help="--estimate: model FLOP utilisation assumed"),
+             ) -> None:
     """Expand and check a matrix: one line per cell with its run_id, train_id and what a run
     would do (cached / to train / trained (shared) / shared with an earlier cell)."""
     from arflowbench.config import Matrix
@@ -59,6 +64,36 @@ def validate(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file
     unavailable = sum(bool(p.resolved.unavailable) for p in planned)
     typer.echo(f"{m.name}: {len(planned)} cells, {len(planned) - n[CACHED] - unavailable} to run "
                f"({trainings} trainings), {n[CACHED]} cached, {unavailable} unavailable")
+    if estimate:
+        _print_estimate(planned, peak_tflops * 1e12, mfu)
+
+
+def _print_estimate(planned, peak: float, mfu: float) -> None:
+    from arflowbench.errors import ConfigError
+    from arflowbench.estimate import cell_cost, fmt_flops
+
+    if not (peak > 0 and 0 < mfu <= 1):
+        raise ConfigError(f"--peak-tflops must be > 0 and --mfu in (0, 1], got {peak / 1e12} "
+                          f"and {mfu}")
+    typer.echo(f"\nestimate at {peak / 1e12:g} TFLOP/s x MFU {mfu:g} per device "
+               "(FLOPs counted with torch.utils.flop_counter):")
+    typer.echo(f"{'cell':>4}  {'params':>8}  {'train/img':>10}  {'train':>10}  "
+               f"{'sample/img':>10}  {'samples':>7}  {'sample':>10}  {'hours':>8}")
+    seen: set[str] = set()
+    total_train = total_sample = 0.0
+    for p in planned:
+        if p.resolved.unavailable:
+            continue
+        cost = cell_cost(p.resolved, count_training=p.resolved.train_id not in seen)
+        seen.add(p.resolved.train_id)
+        total_train, total_sample = total_train + cost.train_flops, total_sample + cost.sample_flops
+        typer.echo(f"{p.cell.index:4d}  {cost.params / 1e6:7.1f}M  "
+                   f"{fmt_flops(cost.train_flops_per_image):>10}  {fmt_flops(cost.train_flops):>10}  "
+                   f"{fmt_flops(cost.sample_flops_per_image):>10}  {cost.sample_images:7d}  "
+                   f"{fmt_flops(cost.sample_flops):>10}  {cost.hours(peak, mfu):8.2f}")
+    hours = (total_train + total_sample) / (peak * mfu) / 3600
+    typer.echo(f"total: training {fmt_flops(total_train)} (shared trainings counted once), "
+               f"sampling {fmt_flops(total_sample)}, {hours:.1f} device-hours")
 
 
 @app.command()
