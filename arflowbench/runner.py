@@ -111,12 +111,26 @@ def plan(matrix: Matrix, runtime: RuntimeOptions, warn=_stderr) -> list[Planned]
         if not p.cached and res.run_id in loaded.broken_run_ids:
             warn(f"warning: cell {cell.index} ({res.run_id}) will run again: its row is corrupt")
         out.append(p)
+    _warn_unequal_images(out, warn)
     snaps: dict[str, set[int]] = {}
     for p in out:
         snaps.setdefault(p.resolved.train_id, set()).update(p.resolved.spec.eval_steps())
     for p in out:
         p.snapshot_steps = tuple(sorted(snaps[p.resolved.train_id]))
     return out
+
+
+def _warn_unequal_images(planned: list[Planned], warn) -> None:
+    """Cells compared in one matrix should see the same number of training images."""
+    seen: dict[int, list[int]] = {}
+    for p in planned:
+        t = p.resolved.spec.train
+        seen.setdefault(t.steps * t.batch_size, []).append(p.cell.index)
+    if len(seen) > 1:
+        parts = "; ".join(f"{n} images: cells {', '.join(map(str, cells))}"
+                          for n, cells in sorted(seen.items()))
+        warn(f"warning: cells see different numbers of training images (train.steps x "
+             f"train.batch_size): {parts}; compare them along the train axes only")
 
 
 def _row_count(runs_file: Path, run_id: str) -> int:

@@ -314,3 +314,25 @@ def test_train_id_follows_training_fields_only():
                     {"formulation": {"name": "sit", "options": {"class_dropout": 0.2}}}):
         run_id, train_id = ids(**changed)
         assert run_id != base[0] and train_id != base[1], changed
+
+
+def test_validate_warns_when_cells_see_different_numbers_of_images(tmp_path):
+    from arflowbench.runner import plan
+
+    path = _matrix_file(tmp_path, """
+        [base]
+        data.name = "digits"
+        train = { steps = 10, batch_size = 20 }
+        [axes]
+        "train.batch_size" = [20, 40]
+        "sample.cfg_scale" = [1.0, 1.5]
+    """)
+    warned: list[str] = []
+    plan(Matrix.from_file(path), RuntimeOptions(results_dir=tmp_path / "r"), warn=warned.append)
+    assert warned == ["warning: cells see different numbers of training images (train.steps x "
+                      "train.batch_size): 200 images: cells 0, 1; 400 images: cells 2, 3; compare "
+                      "them along the train axes only"]
+    warned.clear()
+    plan(Matrix.from_file(_matrix_file(tmp_path, AXES_TOML.replace("[16, 32]", "[16]"), "e.toml")),
+         RuntimeOptions(results_dir=tmp_path / "r"), warn=warned.append)
+    assert warned == []
