@@ -33,6 +33,7 @@ from arflowbench import plots, quality_curves
 from arflowbench import results as store
 from arflowbench.paper import default_paper_dir, load_published
 from arflowbench.plots import MISSING, render_html, render_latex, render_markdown
+from arflowbench.sampling_report import sampling_blocks
 
 # Metrics of the run table, in display order, with their column labels.
 RUN_METRICS = {
@@ -505,8 +506,10 @@ def _bench_blocks(s: Summary, out_dir: Path, problems: list[str]) -> list[Block]
                 "p20_ms", "p80_ms", "peak_memory_mb", "state_bytes", "status", "reason"]
         blocks.append(("table", "Attention: all measurements",
                        _table(att, _present(att, {c: c for c in cols})), True))
+    if "sampling" in s.bench and {"measure", "variant"} <= set(s.bench["sampling"].columns):
+        blocks += sampling_blocks(s.bench["sampling"], out_dir, problems)
     for kind, df in s.bench.items():
-        if kind != "attention":
+        if kind not in ("attention", "sampling"):
             blocks += [("h", 2, f"Benchmark: {kind}"),
                        ("table", f"Benchmark {kind}", _table(df, {c: c for c in df.columns}))]
     return blocks

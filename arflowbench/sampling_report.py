@@ -1,0 +1,83 @@
+"""The report's section for `bench sampling` rows: the whole-trajectory time ratio ARFlow-hybrid
+/ SiT-softmax, and per-step time and state memory against the position in the trajectory
+(hybrid's constant state against softmax's growing KV cache), as tables in readable units and
+one figure per flavor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import seaborn as sns
+
+from arflowbench.plots import _STYLE, MISSING, _figure, _guard, _legend, _save, _slug
+
+MB = 1e6
+
+
+def _fmt(v, spec: str) -> str:
+    return MISSING if v is None or pd.isna(v) else format(v, spec)
+
+
+def _ratio_table(df: pd.DataFrame) -> pd.DataFrame:
+    rows = df[df["measure"] == "sampling_ratio"]
+    out = []
+    for r in rows.itertuples():
+        p = r.ratio_p20_p80 if isinstance(r.ratio_p20_p80, (list, tuple)) else None
+        out.append({"flavor": r.flavor, "sampler": f"{r.sampler} {int(r.steps)} steps",
+                    "cfg": _fmt(r.cfg_scale, "g"), "batch": str(int(r.batch)),
+                    "ARFlow-hybrid / SiT-softmax": _fmt(r.ratio_median, ".3f")
+                    + (f" [{p[0]:.2f}-{p[1]:.2f}]" if p else ""),
+                    "target": _fmt(getattr(r, "target", None), "g")})
+    return pd.DataFrame(out)
+
+
+def _step_table(steps: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (flavor, variant), g in steps.groupby(["flavor", "variant"], sort=False):
+        rec = {"flavor": flavor, "variant": variant}
+        for r in g.sort_values("position").itertuples():
+            state = "" if pd.isna(r.state_bytes) else f", {r.state_bytes / MB:.1f} MB"
+            rec[f"step {int(r.position)}"] = f"{r.median_ms:.1f} ms{state}"
+        out.append(rec)
+    return pd.DataFrame(out).fillna(MISSING)
+
+
+def _step_figure(g: pd.DataFrame, title: str, path: Path) -> Path:
+    fig, axes = _figure(1, 2, width=5.2, height=3.6)
+    with sns.axes_style(_STYLE):
+        for ax, (col, label) in zip(axes[0], (("median_ms", "time per step (ms)"),
+                                              ("state_mb", "state (MB)")), strict=True):
+            part = g.dropna(subset=[col])
+            sns.lineplot(data=part, x="position", y=col, hue="variant", marker="o", ax=ax)
+            ax.set(xlabel="sampling step k (the state holds k - 1 earlier steps)",
+                   ylabel=label)
+            if col == "state_mb" and part[col].gt(0).all():
+                ax.set_yscale("log")
+            _legend(ax, part["variant"].nunique())
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def sampling_blocks(df: pd.DataFrame, out_dir: Path, problems: list[str]) -> list[tuple]:
+    """Blocks (see `arflowbench.plots.Block`) for the sampling benchmark rows."""
+    blocks: list[tuple] = [("h", 2, "Sampling cost")]
+    ok = df[df.get("status", "ok").fillna("ok") == "ok"] if "status" in df else df
+    ratios = _ratio_table(ok)
+    if len(ratios):
+        blocks.append(("table", "Whole trajectory: time ARFlow-hybrid / SiT-softmax (median "
+                                "[p20-p80] over interleaved repeats)", ratios))
+    steps = ok[ok["measure"] == "step"].copy()
+    if len(steps):
+        steps["state_mb"] = pd.to_numeric(steps["state_bytes"], errors="coerce") / MB
+        blocks.append(("table", "One sampling step at position k: median time and the state "
+                                "it carries (hybrid: constant; softmax: KV cache)",
+                       _step_table(steps)))
+        for flavor, g in steps.groupby("flavor", sort=False):
+            path = _guard(problems, f"sampling steps ({flavor})", _step_figure, g,
+                          f"sampling step cost vs position, flavor {flavor}",
+                          out_dir / "plots" / f"sampling_steps_{_slug(str(flavor))}.png")
+            if path:
+                blocks.append(("img", f"Per-step time and state vs position ({flavor})",
+                               path.relative_to(out_dir).as_posix()))
+    return blocks
