@@ -227,3 +227,27 @@ def test_formatting_rounds_per_metric() -> None:
     assert report.fmt_ci("fid", 31.9, 5.83) == "31.90 ± 5.83"
     assert report.cell_label({"a.name": "x", "train.seed": 2.0}, ["a.name", "train.seed"]) \
         == "x, seed=2"
+
+
+def test_sampling_bench_rows_become_ratio_step_tables_and_a_plot(tmp_path: Path) -> None:
+    from arflowbench.results import BenchRecord, append
+
+    d = tmp_path / "results"
+    common = {"flavor": "mini", "sampler": "sde", "steps": 250, "cfg_scale": 1.5, "batch": 2}
+    append(d / "bench.jsonl", BenchRecord(bench="sampling", values={
+        **common, "measure": "sampling_ratio", "variant": "arflow-hybrid/sit-softmax",
+        "ratio_median": 1.08, "ratio_p20_p80": [1.02, 1.11], "target": 1.15}))
+    for variant, per_pos in (("arflow-hybrid", lambda k: (20.0, 4.7e6)),
+                             ("arflow-softmax", lambda k: (10.0 + k, 1e6 * k))):
+        for k in (1, 50, 250):
+            ms, state = per_pos(k)
+            append(d / "bench.jsonl", BenchRecord(bench="sampling", values={
+                **common, "measure": "step", "variant": variant, "position": k,
+                "median_ms": ms, "state_bytes": state}))
+    md = report.write_report(d, tmp_path / "out", paper_dir=tmp_path).read_text()
+    section = md[md.index("## Sampling cost"):]
+    assert "| mini | sde 250 steps | 1.5 | 2 | 1.080 [1.02-1.11] | 1.15 |" in section
+    assert "| mini | arflow-softmax | 11.0 ms, 1.0 MB | 60.0 ms, 50.0 MB | 260.0 ms, 250.0 MB |" \
+        in section
+    assert (tmp_path / "out" / "plots" / "sampling_steps_mini.png").read_bytes()[:8] == PNG_MAGIC
+    assert "Benchmark: sampling" not in md  # not the raw table any more
