@@ -5,6 +5,7 @@ one figure per flavor."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +24,10 @@ def _ratio_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = df[df["measure"] == "sampling_ratio"]
     out = []
     for r in rows.itertuples():
-        p = r.ratio_p20_p80 if isinstance(r.ratio_p20_p80, (list, tuple)) else None
+        p = r.ratio_p20_p80
+        if isinstance(p, str):  # lists reach the table as canonical JSON
+            p = json.loads(p)
+        p = p if isinstance(p, (list, tuple)) and len(p) == 2 else None
         out.append({"flavor": r.flavor, "sampler": f"{r.sampler} {int(r.steps)} steps",
                     "cfg": _fmt(r.cfg_scale, "g"), "batch": str(int(r.batch)),
                     "ARFlow-hybrid / SiT-softmax": _fmt(r.ratio_median, ".3f")
