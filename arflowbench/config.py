@@ -265,6 +265,18 @@ class Cell(Strict):
     index: int
     values: dict[str, Any]
     spec: RunSpec
+    #: the [[group]] the cell comes from ("" in a matrix without groups)
+    group: str = ""
+
+
+class MatrixGroup(Strict):
+    """One ``[[group]]`` of a matrix: its own axes (and base overrides) over the shared base.
+    A matrix of groups is the union of their cells; results are labelled ``matrix/group``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    base: dict[str, Any] = Field(default_factory=dict)
+    axes: dict[str, list[Any]] = Field(default_factory=dict)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class Matrix(Strict):
@@ -276,6 +288,11 @@ class Matrix(Strict):
     #: a cell whose plugin cannot run on this machine (e.g. xformers without CUDA): "fail" records
     #: a failed row with the reason; "skip" runs nothing and prints the reason
     on_unavailable: Literal["fail", "skip"] = "fail"
+    groups: list[MatrixGroup] = Field(default_factory=list)
+
+    def label(self, cell: Cell) -> str:
+        """The matrix name results carry: ``name``, or ``name/group`` for a grouped matrix."""
+        return f"{self.name}/{cell.group}" if cell.group else self.name
 
     @classmethod
     def from_file(cls, path: str | Path) -> Matrix:
@@ -286,7 +303,7 @@ class Matrix(Strict):
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: malformed TOML: {err}") from None
-        allowed = ("name", "base", "axes", "exclude", "on_unavailable")
+        allowed = ("name", "base", "axes", "exclude", "on_unavailable", "group")
         unknown = set(raw) - set(allowed)
         if unknown:
             raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} "
@@ -298,41 +315,73 @@ class Matrix(Strict):
         base: dict[str, Any] = {}
         for k, v in _flatten_values(raw.get("base", {})).items():  # "a.b" keys and [a] tables alike
             _set_dotted(base, k, v)
+        groups = [_group(g, path) for g in raw.get("group", [])]
+        if groups and (raw.get("axes") or excludes):
+            raise ConfigError(f"{path}: a matrix with [[group]] tables keeps its axes and "
+                              "excludes inside the groups")
         m = cls(name=raw.get("name", path.stem), path=path, base=base,
                 on_unavailable=raw.get("on_unavailable", "fail"),
-                axes=_flatten_axes(raw.get("axes", {})), exclude=excludes)
+                axes=_flatten_axes(raw.get("axes", {})), exclude=excludes, groups=groups)
         m.cells()  # validate every cell now, before any work
         return m
 
     def cells(self) -> list[Cell]:
         where = str(self.path) if self.path else self.name
-        keys = list(self.axes)
-        out, used = [], set()
-        for combo in itertools.product(*(self.axes[k] for k in keys)):
-            tree = copy.deepcopy(self.base)
-            for k, v in zip(keys, combo):
-                _set_dotted(tree, k, v)
-            # a table-valued axis ({name = "arflow"}) is shown and matched by its dotted leaves
-            values = _flatten_values(dict(zip(keys, combo)))
-            flat = _flatten_values(tree)
-            hit = [i for i, ex in enumerate(self.exclude)
-                   if all(flat.get(k, _MISSING) == v for k, v in ex.items())]
-            used.update(hit)
-            if hit:
-                continue
-            try:
-                spec = RunSpec.model_validate(tree)
-            except ValidationError as err:
-                label = ", ".join(f"{k}={v}" for k, v in values.items()) or "base"
-                raise ConfigError(format_validation_error(err, f"{where} [{label}]")) from None
-            out.append(Cell(index=len(out), values=values, spec=spec))
-        unused = [self.exclude[i] for i in range(len(self.exclude)) if i not in used]
-        if unused:
-            raise ConfigError(f"{where}: [[exclude]] {unused[0]} matches no cell "
-                              "(keys are dotted spec paths, e.g. \"attention.name\")")
-        if not out:
-            raise ConfigError(f"{where}: every cell is excluded")
+        if not self.groups:
+            return _expand(self.base, self.axes, self.exclude, where, "", 0)
+        out: list[Cell] = []
+        names = [g.name for g in self.groups]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"{where}: [[group]] names must be unique, got {names}")
+        for g in self.groups:
+            base = copy.deepcopy(self.base)
+            for k, v in _flatten_values(g.base).items():
+                _set_dotted(base, k, v)
+            out += _expand(base, g.axes, g.exclude, f"{where} group {g.name!r}", g.name, len(out))
         return out
+
+
+def _group(raw: Any, path: Path) -> MatrixGroup:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [[group]] entries must be tables")
+    try:
+        g = MatrixGroup.model_validate({k: v for k, v in raw.items() if k not in ("axes", "exclude")})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, f"{path} [[group]]")) from None
+    return g.model_copy(update={"axes": _flatten_axes(raw.get("axes", {})),
+                                "exclude": [_flatten_values(e) for e in raw.get("exclude", [])]})
+
+
+def _expand(base: dict, axes: dict[str, list], exclude: list[dict], where: str, group: str,
+            start: int) -> list[Cell]:
+    """The cartesian product of `axes` over `base`, minus the `exclude` matches."""
+    keys = list(axes)
+    out, used = [], set()
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        tree = copy.deepcopy(base)
+        for k, v in zip(keys, combo):
+            _set_dotted(tree, k, v)
+        # a table-valued axis ({name = "arflow"}) is shown and matched by its dotted leaves
+        values = _flatten_values(dict(zip(keys, combo)))
+        flat = _flatten_values(tree)
+        hit = [i for i, ex in enumerate(exclude)
+               if all(flat.get(k, _MISSING) == v for k, v in ex.items())]
+        used.update(hit)
+        if hit:
+            continue
+        try:
+            spec = RunSpec.model_validate(tree)
+        except ValidationError as err:
+            label = ", ".join(f"{k}={v}" for k, v in values.items()) or "base"
+            raise ConfigError(format_validation_error(err, f"{where} [{label}]")) from None
+        out.append(Cell(index=start + len(out), values=values, spec=spec, group=group))
+    unused = [exclude[i] for i in range(len(exclude)) if i not in used]
+    if unused:
+        raise ConfigError(f"{where}: [[exclude]] {unused[0]} matches no cell "
+                          "(keys are dotted spec paths, e.g. \"attention.name\")")
+    if not out:
+        raise ConfigError(f"{where}: every cell is excluded")
+    return out
 
 
 _MISSING = object()

@@ -160,12 +160,13 @@ def _numeric(df: pd.DataFrame, skip: set[str]) -> pd.DataFrame:
 
 def summarize_rows(run_rows: list[store.RunRecord], bench_rows: list[store.BenchRecord] = (),
                    published: pd.DataFrame | None = None) -> Summary:
-    """Turn records into DataFrames. Later rows for a run_id supersede earlier ones (a failed
-    run rerun ok); the run keeps its first position so tables stay stable across reruns."""
+    """Turn records into DataFrames. Later rows for a run_id supersede earlier ones in the same
+    matrix (a failed run rerun ok); the run keeps its first position so tables stay stable
+    across reruns. One run recorded under two matrices (groups) shows in both."""
     problems: list[str] = []
-    latest: dict[str, store.RunRecord] = {}
+    latest: dict[tuple[str, str], store.RunRecord] = {}
     for row in run_rows:
-        latest[row.run_id] = row
+        latest[(row.matrix, row.run_id)] = row
     axes: dict[str, list[str]] = {}
     for row in latest.values():
         cols = axes.setdefault(row.matrix or NO_MATRIX, [])
@@ -179,8 +180,8 @@ def summarize_rows(run_rows: list[store.RunRecord], bench_rows: list[store.Bench
     if not runs.empty:
         runs = _numeric(runs, {"matrix", "run_id", "status"} | {a for v in axes.values()
                                                                    for a in v})
-    curves = {rid: r.loss_curve for rid, r in latest.items()}
-    eval_curves = {rid: r.eval_curve for rid, r in latest.items() if r.eval_curve}
+    curves = {r.run_id: r.loss_curve for r in latest.values()}
+    eval_curves = {r.run_id: r.eval_curve for r in latest.values() if r.eval_curve}
     seeds = {m: aggregate_seeds(runs[runs["matrix"] == m], a) for m, a in axes.items()
              if any(is_seed_axis(x) for x in a)}
     bench = _bench_tables(bench_rows, problems)

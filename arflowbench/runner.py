@@ -31,8 +31,8 @@ from arflowbench.results import (
 from arflowbench.train_stage import is_trained
 
 #: what `validate` says of a cell
-CACHED, TO_TRAIN, TRAINED, SHARED, DUPLICATE = (
-    "cached", "to train", "trained (shared)", "shared", "duplicate")
+CACHED, TO_TRAIN, TRAINED, SHARED, DUPLICATE, SAME_RUN = (
+    "cached", "to train", "trained (shared)", "shared", "duplicate", "same run")
 
 
 @dataclass
@@ -46,6 +46,8 @@ class Planned:
     same_as: int | None = None
     #: EMA snapshot steps the shared training must keep (every sibling's eval points)
     snapshot_steps: tuple[int, ...] = ()
+    #: the matrix name its row carries (``matrix/group`` in a grouped matrix)
+    matrix_label: str = ""
 
     @property
     def cached(self) -> bool:
@@ -63,6 +65,9 @@ class Planned:
             return f"shared (training of cell {self.same_as})"
         if self.state == DUPLICATE:
             return f"duplicate of cell {self.same_as} (runs once)"
+        if self.state == SAME_RUN:
+            return (f"same run as cell {self.same_as} (recorded here too)" if self.same_as
+                    is not None else "cached (run in another group; recorded here too)")
         return self.state
 
 
@@ -86,9 +91,11 @@ def plan(matrix: Matrix, runtime: RuntimeOptions, warn=_stderr) -> list[Planned]
     loaded = load(results_dir / RUNS_FILE)
     for msg in loaded.problems:
         warn(msg)
-    done = {r.run_id for r in loaded.runs if r.status == STATUS_OK}
+    done = {(r.matrix, r.run_id) for r in loaded.runs if r.status == STATUS_OK}
+    done_anywhere = {run_id for _, run_id in done}
     out: list[Planned] = []
-    first_run: dict[str, int] = {}
+    first_run: dict[tuple[str, str], int] = {}  # (matrix label, run_id) -> cell
+    first_any: dict[str, int] = {}
     first_train: dict[str, int] = {}
     for cell in matrix.cells():
         try:
@@ -96,17 +103,22 @@ def plan(matrix: Matrix, runtime: RuntimeOptions, warn=_stderr) -> list[Planned]
         except ConfigError as err:
             label = ", ".join(f"{k}={v}" for k, v in cell.values.items()) or "(base)"
             raise type(err)(f"{matrix.name} cell {cell.index} [{label}]: {err}") from None
-        p = Planned(cell, res, TO_TRAIN)
-        if res.run_id in first_run:
-            p.state, p.same_as = DUPLICATE, first_run[res.run_id]
-        elif res.run_id in done:
+        label = matrix.label(cell)
+        p = Planned(cell, res, TO_TRAIN, matrix_label=label)
+        if (label, res.run_id) in first_run:
+            p.state, p.same_as = DUPLICATE, first_run[(label, res.run_id)]
+        elif (label, res.run_id) in done:
             p.state = CACHED
+        elif res.run_id in done_anywhere or res.run_id in first_any:
+            # the same run in another group: run once, recorded under each group
+            p.state, p.same_as = SAME_RUN, first_any.get(res.run_id)
         elif is_trained(results_dir, res.train_id):
             p.state = TRAINED
         elif res.train_id in first_train:
             p.state, p.same_as = SHARED, first_train[res.train_id]
-        first_run.setdefault(res.run_id, cell.index)
-        if p.state not in (CACHED, DUPLICATE):
+        first_run.setdefault((label, res.run_id), cell.index)
+        first_any.setdefault(res.run_id, cell.index)
+        if p.state not in (CACHED, DUPLICATE, SAME_RUN):
             first_train.setdefault(res.train_id, cell.index)
         if not p.cached and res.run_id in loaded.broken_run_ids:
             warn(f"warning: cell {cell.index} ({res.run_id}) will run again: its row is corrupt")
@@ -152,9 +164,12 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
     executor = executor or LocalExecutor()
     runs_file = results_dir / RUNS_FILE
     counts = {"ok": 0, "failed": 0, "cached": 0, "skipped": 0}
-    runtime = runtime.model_copy(update={"matrix": matrix.name})
     for i, p in enumerate(planned, 1):
         head = f"[{i}/{len(planned)}] {p.resolved.run_id} {p.label}"
+        if p.state == SAME_RUN and _record_same_run(runs_file, p):
+            echo(f"{head}: cached ({p.describe}; recorded under {p.matrix_label})")
+            counts["cached"] += 1
+            continue
         if p.cached or p.state == DUPLICATE:
             echo(f"{head}: {p.describe}")
             counts["cached"] += 1
@@ -164,7 +179,7 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
             counts["skipped"] += 1
             continue
         echo(f"{head}: running ({p.describe})")
-        job = make_job(p, runtime)
+        job = make_job(p, runtime.model_copy(update={"matrix": p.matrix_label}))
         before = _row_count(runs_file, job.run_id)
         outcome = executor.run(job, run_artifacts(results_dir, job.run_id))
         if _row_count(runs_file, job.run_id) == before:  # died without writing its row
@@ -177,6 +192,18 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
         echo(f"{head}: {status}" + ("" if status == STATUS_OK else
                                     f" ({_last_error(runs_file, job.run_id)})"))
     return counts
+
+
+def _record_same_run(runs_file: Path, p: Planned) -> bool:
+    """Record a run finished under another group under this cell's group too (a copy of its
+    latest ok row with this group's label and axis values); False if it has no ok row."""
+    rows = [r for r in load(runs_file).runs
+            if r.run_id == p.resolved.run_id and r.status == STATUS_OK]
+    if not rows:
+        return False
+    append(runs_file, rows[-1].model_copy(update={"matrix": p.matrix_label,
+                                                   "cell": p.cell.values}))
+    return True
 
 
 def _last_error(runs_file: Path, run_id: str) -> str:

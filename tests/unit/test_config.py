@@ -336,3 +336,69 @@ def test_validate_warns_when_cells_see_different_numbers_of_images(tmp_path):
     plan(Matrix.from_file(_matrix_file(tmp_path, AXES_TOML.replace("[16, 32]", "[16]"), "e.toml")),
          RuntimeOptions(results_dir=tmp_path / "r"), warn=warned.append)
     assert warned == []
+
+
+GROUPS_TOML = """
+    name = "paperish"
+    [base]
+    data.name = "digits"
+    train = { steps = 4, batch_size = 20 }
+    sample = { steps = 2, grid_per_class = 1 }
+
+    [[group]]
+    name = "headline"
+    axes = { "sample.cfg_scale" = [1.0, 1.5], "train.seed" = [0, 1] }
+
+    [[group]]
+    name = "cfg"
+    base = { "train.seed" = 0, sample = { steps = 3 } }
+    axes = { "sample.cfg_scale" = [1.0, 2.0] }
+"""
+
+
+def test_groups_expand_each_over_the_shared_base(tmp_path):
+    m = Matrix.from_file(_matrix_file(tmp_path, GROUPS_TOML))
+    cells = m.cells()
+    assert [c.group for c in cells] == ["headline"] * 4 + ["cfg"] * 2
+    assert [c.index for c in cells] == list(range(6))
+    assert cells[4].spec.sample.steps == 3 and cells[0].spec.sample.steps == 2
+    assert cells[4].spec.train.steps == 4  # the shared base under the group's overrides
+    assert m.label(cells[0]) == "paperish/headline" and m.label(cells[5]) == "paperish/cfg"
+    bad = GROUPS_TOML.replace('name = "cfg"', 'name = "headline"')
+    with pytest.raises(ConfigError, match="unique"):
+        Matrix.from_file(_matrix_file(tmp_path, bad, "bad.toml"))
+    mixed = GROUPS_TOML.replace("[[group]]", '[axes]\n"train.seed" = [0]\n[[group]]', 1)
+    with pytest.raises(ConfigError, match="inside the groups"):
+        Matrix.from_file(_matrix_file(tmp_path, mixed, "mixed.toml"))
+
+
+def test_a_run_shared_by_two_groups_runs_once_and_is_recorded_in_both(tmp_path):
+    from arflowbench.runner import CACHED, SAME_RUN, TO_TRAIN, plan, run_matrix
+
+    text = GROUPS_TOML.replace('base = { "train.seed" = 0, sample = { steps = 3 } }',
+                               'base = { "train.seed" = 0 }')
+    m = Matrix.from_file(_matrix_file(tmp_path, text))
+    rt = RuntimeOptions(results_dir=tmp_path / "r", progress=False)
+    states = [p.state for p in plan(m, rt)]
+    assert states[4] == SAME_RUN and states[0] == TO_TRAIN  # cfg 1.0, seed 0 is in both
+    ran: list[str] = []
+
+    class Recorder:
+        def run(self, job, art_dir):
+            from arflowbench.cell import run_job
+            from arflowbench.executors import CellOutcome
+
+            ran.append(job.run_id)
+            rec = run_job(job)
+            return CellOutcome(0 if rec.status == "ok" else 1, rec.error or "")
+
+    counts = run_matrix(m, rt, Recorder(), echo=lambda _: None, warn=lambda _: None)
+    assert counts == {"ok": 5, "failed": 0, "cached": 1, "skipped": 0}
+    assert len(ran) == 5 and len(set(ran)) == 5
+    from arflowbench.results import load
+
+    rows = load(tmp_path / "r" / "runs.jsonl").runs
+    same = [r for r in rows if r.run_id == ran[0]]
+    assert [r.matrix for r in same] == ["paperish/headline", "paperish/cfg"]
+    assert same[1].cell == {"sample.cfg_scale": 1.0} and same[1].metrics == same[0].metrics
+    assert [p.state for p in plan(m, rt)] == [CACHED] * 6
