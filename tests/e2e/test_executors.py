@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from arflowbench.config import Matrix, RuntimeOptions
-from arflowbench.executors import SubmititExecutor
+from arflowbench.slurm import SubmititExecutor
 from arflowbench.runner import run_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
