@@ -3,10 +3,16 @@
     resolve -> train (shared per train_id, `train_stage.py`) -> sample (grid, `sampling.py`)
             -> evaluate (eval.at points and the final evaluation, `evaluation.py`) -> record
 
-Run as ``python -m arflowbench.cell JOB.json`` (a `Job`). The record (`RunRecord`) is appended to
-runs.jsonl whatever happens; exit codes: 0 ok; 2 a user error (bad config, missing data, NaN
-loss), recorded as a failed row; 1 an unexpected crash, recorded as a failed row with the
-traceback's tail. A process killed by a signal writes nothing: the runner records that failure.
+Run as ``python -m arflowbench.cell JOB.json`` (a `Job`), or under torch's launcher
+(``torchrun --nproc-per-node N -m arflowbench.cell JOB.json``). The record (`RunRecord`) is
+appended to runs.jsonl whatever happens; exit codes: 0 ok; 2 a user error (bad config, missing
+data, NaN loss), recorded as a failed row; 1 an unexpected crash, recorded as a failed row with
+the traceback's tail; `EXIT_SKIPPED` nothing done: the cell is claimed by another live process,
+or already has an ok row. A process killed by a signal writes nothing: the runner records that.
+
+One cell, one process: the cell holds ``artifacts/<run_id>/.claim`` (`locks.claim`) while it
+runs, so a second runner (or a rerun beside an orphan) skips it, naming the holder; a claim left
+by a dead process is taken over with a warning. Under a launcher only rank 0 claims and writes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 import torch
 
 from arflowbench.errors import ArflowbenchError, PluginUnavailableError
+from arflowbench.launch import die_with_parent, world
+from arflowbench.locks import Busy, claim
 from arflowbench.machine import environment_stamp, process_peak_memory_mb
 from arflowbench.resolve import Resolved, resolve
 from arflowbench.results import (
@@ -31,11 +39,16 @@ from arflowbench.results import (
     PluginRef,
     RunRecord,
     append,
+    finished_run_ids,
     now_iso,
     run_artifacts,
 )
 
 SAMPLES = "samples.png"
+#: the claim a running cell holds in its artifacts folder
+CLAIM = ".claim"
+#: exit code of a cell that did nothing: claimed by another live process, or already finished
+EXIT_SKIPPED = 75
 #: points kept of the loss curve in the row (the full log is an artifact)
 CURVE_POINTS = 200
 
@@ -57,8 +70,8 @@ def _warn(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_job(job: Job) -> RunRecord:
-    """Run one cell; returns its record (also appended to runs.jsonl)."""
+def run_job(job: Job, rank: int = 0, world_size: int = 1) -> RunRecord:
+    """Run one cell; returns its record (appended to runs.jsonl by rank 0 only)."""
     device = job.runtime.resolved_device()
     results_dir = Path(job.runtime.results_dir)
     rec = RunRecord(run_id=job.run_id, train_id=job.train_id, status=STATUS_FAILED,
@@ -67,6 +80,10 @@ def run_job(job: Job) -> RunRecord:
                     env=environment_stamp(device))
     t_start = time.perf_counter()
     try:
+        if world_size > 1:  # each rank would train its own full copy: refuse, loudly
+            raise ArflowbenchError(
+                f"distributed training is not implemented yet: this cell was launched with "
+                f"WORLD_SIZE={world_size}, but the trainer has no DDP; run it as one process")
         res = resolve(job.spec, job.runtime)
         if (res.run_id, res.train_id) != (job.run_id, job.train_id):
             raise ArflowbenchError(f"id mismatch: runner {job.run_id}/{job.train_id}, cell "
@@ -86,7 +103,8 @@ def run_job(job: Job) -> RunRecord:
         rec.traceback = traceback.format_exc()[-4000:]
     rec.finished = now_iso()
     rec.duration_s = round(time.perf_counter() - t_start, 3)
-    append(results_dir / RUNS_FILE, rec)
+    if rank == 0:
+        append(results_dir / RUNS_FILE, rec)
     return rec
 
 
@@ -144,12 +162,38 @@ def _pipeline(res: Resolved, job: Job, device: str, results_dir: Path, rec: RunR
     rec.metrics = metrics
 
 
+def claimed_run(job: Job) -> RunRecord | None:
+    """`run_job` under the cell's claim; None (and a line saying why) when there is nothing to
+    do: another live process holds the claim, or the run already has an ok row."""
+    results_dir = Path(job.runtime.results_dir)
+
+    def on_stale(holder: str) -> None:
+        _warn(f"warning: cell {job.run_id} was claimed by {holder}, which died; taking it over")
+
+    try:
+        with claim(run_artifacts(results_dir, job.run_id) / CLAIM, wait=False, on_stale=on_stale):
+            if job.run_id in finished_run_ids(results_dir / RUNS_FILE):  # finished meanwhile
+                _warn(f"cell {job.run_id} already has an ok row: nothing to do")
+                return None
+            return run_job(job)
+    except Busy as busy:
+        _warn(f"cell {job.run_id} is held by {busy.holder or 'another process'}: skipped")
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()  # a launcher (torchrun) killed by any signal takes this process with it
     argv = sys.argv[1:] if argv is None else argv
     job = Job.model_validate_json(Path(argv[0]).read_text())
     if job.runtime.threads:
         torch.set_num_threads(job.runtime.threads)
-    rec = run_job(job)
+    rank, world_size = world()
+    if world_size > 1:  # rank 0 records the refusal; no rank claims what it will not run
+        rec = run_job(job, rank, world_size)
+    else:
+        rec = claimed_run(job)
+        if rec is None:
+            return EXIT_SKIPPED
     if rec.status == STATUS_OK:
         return 0
     print(f"error: {rec.error}", file=sys.stderr)

@@ -96,6 +96,11 @@ def _print_estimate(planned, peak: float, mfu: float) -> None:
                f"sampling {fmt_flops(total_sample)}, {hours:.1f} device-hours")
 
 
+class Cluster(str, Enum):
+    slurm = "slurm"
+    local = "local"
+
+
 @app.command()
 def run(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
         results_dir: Path = RESULTS, data_root: Path | None = DATA_ROOT,
@@ -104,26 +109,59 @@ def run(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
         progress: bool = typer.Option(True, help="show progress bars"),
         threads: int | None = typer.Option(None, help="torch threads per cell process"),
         executor: Executor = typer.Option(Executor.local, help="local subprocesses or submitit"),
+        nproc_per_node: int = typer.Option(1, min=1, help="local: processes per cell, under "
+                                           "torch.distributed.run (one cell after another)"),
+        max_parallel: int | None = typer.Option(None, min=1, help="submitit: jobs at once "
+                                                "(default: every pending cell)"),
+        slurm: list[str] = typer.Option([], "--slurm", help="submitit: KEY=VALUE over the "
+                                        "matrix's [slurm] table (partition, nodes, gpus_per_node, "
+                                        "tasks_per_node, cpus_per_task, timeout_min, ...)"),
         slurm_partition: str | None = typer.Option(None, help="submitit: Slurm partition"),
-        submitit_cluster: str | None = typer.Option(
-            None, help="submitit: 'slurm', or 'local' to run the Slurm path on this machine")) -> None:
-    """Train, sample and evaluate every cell of a matrix; finished cells are skipped."""
+        submitit_cluster: Cluster = typer.Option(
+            Cluster.slurm, help="submitit: 'slurm', or 'local' (the Slurm path on this machine)"),
+        ) -> None:
+    """Train, sample and evaluate every cell of a matrix; finished cells are skipped, cells
+    another live process runs are skipped with its pid."""
     from arflowbench.config import Matrix
-    from arflowbench.executors import LocalExecutor, SubmititExecutor
+    from arflowbench.executors import LocalExecutor
     from arflowbench.runner import run_matrix
 
     m = Matrix.from_file(matrix)
     rt = _runtime(results_dir, data_root, device=device, checkpoint_every=checkpoint_every,
                   progress=progress, threads=threads)
-    ex = LocalExecutor()
     if executor is Executor.submitit:
-        params = {"slurm_partition": slurm_partition} if slurm_partition else {}
-        ex = SubmititExecutor(results_dir / "submitit", cluster=submitit_cluster, **params)
+        from arflowbench.slurm import SubmititExecutor
+
+        if nproc_per_node > 1:
+            raise ArflowbenchError("--nproc-per-node is for the local executor; with submitit "
+                                   "use --slurm tasks_per_node=N (one rank per task)")
+        extra = slurm + ([f"partition={slurm_partition}"] if slurm_partition else [])
+        ex = SubmititExecutor(results_dir / "submitit", cluster=submitit_cluster.value,
+                              slurm=m.slurm.merged(extra), max_parallel=max_parallel)
+    else:
+        if max_parallel not in (None, 1) or slurm or slurm_partition:
+            raise ArflowbenchError("--max-parallel and --slurm apply to --executor submitit; local "
+                                   "cells run one at a time (throughput measured alone)")
+        _check_gpus(rt.device, nproc_per_node)
+        ex = LocalExecutor(nproc_per_node)
     counts = run_matrix(m, rt, ex, echo=typer.echo, warn=lambda msg: typer.echo(msg, err=True))
     typer.echo(f"{m.name}: {counts['ok']} ok, {counts['failed']} failed, "
                f"{counts['cached']} cached, {counts['skipped']} skipped")
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+def _check_gpus(device: str, nproc: int) -> None:
+    """`--device cuda` needs a GPU per process; `auto` on a GPU machine too (on CPU, N processes
+    share the cores through gloo)."""
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "cuda" and have == 0:
+        raise ArflowbenchError("--device cuda: no CUDA device on this machine")
+    if device in ("cuda", "auto") and have and nproc > have:
+        raise ArflowbenchError(f"--nproc-per-node {nproc} needs {nproc} GPUs; this machine has "
+                               f"{have}")
 
 
 @app.command()

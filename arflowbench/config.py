@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from arflowbench.errors import ConfigError
 from arflowbench.plugins import format_validation_error
+from arflowbench.slurm import SlurmSpec, slurm_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -288,6 +289,8 @@ class Matrix(Strict):
     #: a cell whose plugin cannot run on this machine (e.g. xformers without CUDA): "fail" records
     #: a failed row with the reason; "skip" runs nothing and prints the reason
     on_unavailable: Literal["fail", "skip"] = "fail"
+    #: resources of each cell's job under `run --executor submitit` (`arflowbench.slurm`)
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     groups: list[MatrixGroup] = Field(default_factory=list)
 
     def label(self, cell: Cell) -> str:
@@ -303,7 +306,7 @@ class Matrix(Strict):
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: malformed TOML: {err}") from None
-        allowed = ("name", "base", "axes", "exclude", "on_unavailable", "group")
+        allowed = ("name", "base", "axes", "exclude", "on_unavailable", "slurm", "group")
         unknown = set(raw) - set(allowed)
         if unknown:
             raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} "
@@ -321,6 +324,7 @@ class Matrix(Strict):
                               "excludes inside the groups")
         m = cls(name=raw.get("name", path.stem), path=path, base=base,
                 on_unavailable=raw.get("on_unavailable", "fail"),
+                slurm=slurm_spec(raw.get("slurm", {}), str(path)),
                 axes=_flatten_axes(raw.get("axes", {})), exclude=excludes, groups=groups)
         m.cells()  # validate every cell now, before any work
         return m

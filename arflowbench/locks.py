@@ -78,3 +78,21 @@ def claim(path: Path, *, wait: bool = True, on_wait: Callable[[str], None] | Non
             _write(fd, "")  # released cleanly: no stale stamp
     finally:
         os.close(fd)  # closing drops the lock
+
+
+def peek(path: Path) -> tuple[bool, str]:
+    """(held by a live process, stamp) without taking the claim for longer than a check.
+
+    Not held with a stamp means a process died holding it (`claim` will take it over)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False, ""
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, _read(fd)
+        return False, _read(fd)
+    finally:
+        os.close(fd)

@@ -3,18 +3,25 @@
 Every cell is resolved (validated) before the first one runs, so a bad config stops the matrix
 before any work. A cell whose run_id already has an ``ok`` row is skipped; cells with the same
 run_id are run once; cells that share a train_id share one training (the first trains, the
-others reuse it); a half-done training resumes from its last checkpoint.
+others reuse it); a half-done training resumes from its last checkpoint. A cell another live
+process is running (its claim, ``artifacts/<run_id>/.claim``, is held) is skipped.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from arflowbench.cell import CLAIM, EXIT_SKIPPED
 from arflowbench.config import Cell, Matrix, RuntimeOptions
 from arflowbench.errors import ConfigError
 from arflowbench.executors import LocalExecutor
+from arflowbench.locks import peek
 from arflowbench.resolve import Resolved, resolve
 from arflowbench.results import (
     RUNS_FILE,
@@ -155,43 +162,117 @@ def make_job(p: Planned, runtime: RuntimeOptions) -> Job:
 
 
 def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=print,
-               warn=_stderr) -> dict[str, int]:
+               warn=_stderr, poll_s: float = 0.2) -> dict[str, int]:
     """Run every pending cell; returns counts of ok / failed / cached / skipped cells.
-    `echo` gets progress lines, `warn` warnings (corrupt rows, re-runs)."""
+    `echo` gets progress lines, `warn` warnings (corrupt rows, re-runs, stale claims).
+
+    Up to `executor.max_parallel` cells run at once (local: 1), each recorded as it ends. A
+    cell sharing the training of an earlier cell starts once that one has ended (it would only
+    wait on the training claim). A cell claimed by a live process (another runner, an orphan)
+    is skipped with the holder named. SIGTERM or Ctrl-C stops the running cells, then raises."""
     results_dir = Path(runtime.results_dir)
     check_results_dir(results_dir)
     planned = plan(matrix, runtime, warn=warn)
     executor = executor or LocalExecutor()
     runs_file = results_dir / RUNS_FILE
     counts = {"ok": 0, "failed": 0, "cached": 0, "skipped": 0}
-    for i, p in enumerate(planned, 1):
-        head = f"[{i}/{len(planned)}] {p.resolved.run_id} {p.label}"
-        if p.state == SAME_RUN and _record_same_run(runs_file, p):
+    heads = {p.cell.index: f"[{i}/{len(planned)}] {p.resolved.run_id} {p.label}"
+             for i, p in enumerate(planned, 1)}
+    queue: list[Planned] = []
+    for p in planned:
+        head = heads[p.cell.index]
+        if p.state == SAME_RUN and p.same_as is None and _record_same_run(runs_file, p):
             echo(f"{head}: cached ({p.describe}; recorded under {p.matrix_label})")
             counts["cached"] += 1
             continue
         if p.cached or p.state == DUPLICATE:
             echo(f"{head}: {p.describe}")
             counts["cached"] += 1
-            continue
-        if p.resolved.unavailable and matrix.on_unavailable == "skip":
+        elif p.resolved.unavailable and matrix.on_unavailable == "skip":
             echo(f"{head}: skipped (unavailable here: {p.resolved.unavailable})")
             counts["skipped"] += 1
+        else:
+            queue.append(p)
+    running: dict[int, tuple[Planned, Job, object, int]] = {}
+    try:
+        with _sigterm_interrupts():
+            while queue or running:
+                _start_ready(queue, running, executor, runtime, heads, counts, echo, warn)
+                ended = [i for i, (_, _, handle, _) in running.items() if handle.done()]
+                for i in ended:
+                    p, job, handle, before = running.pop(i)
+                    status, detail = _record(job, handle.outcome(), before, runs_file)
+                    counts[status] += 1
+                    echo(f"{heads[i]}: {status}" + (f" ({detail})" if detail else ""))
+                if not ended:
+                    time.sleep(poll_s)
+    finally:
+        for _, _, handle, _ in running.values():  # interrupted: nothing outlives the runner
+            handle.stop()
+    return counts
+
+
+def _start_ready(queue, running, executor, runtime, heads, counts, echo, warn) -> None:
+    """Start queued cells while there is room; a SHARED cell waits for the cell it shares with."""
+    results_dir = Path(runtime.results_dir)
+    waiting_on = {p.cell.index for p in queue} | set(running)
+    for p in list(queue):
+        if len(running) >= executor.max_parallel:
+            return
+        if p.state in (SHARED, SAME_RUN) and p.same_as in waiting_on:
             continue
+        queue.remove(p)
+        waiting_on.discard(p.cell.index)
+        head = heads[p.cell.index]
+        if p.state == SAME_RUN and _record_same_run(results_dir / RUNS_FILE, p):
+            echo(f"{head}: cached ({p.describe}; recorded under {p.matrix_label})")
+            counts["cached"] += 1
+            continue
+        held, stamp = peek(run_artifacts(results_dir, p.resolved.run_id) / CLAIM)
+        if held:
+            echo(f"{head}: skipped (held by {stamp or 'another process'})")
+            counts["skipped"] += 1
+            continue
+        if stamp:
+            warn(f"warning: cell {p.cell.index} ({p.resolved.run_id}) was claimed by {stamp}, "
+                 "which died; taking it over")
         echo(f"{head}: running ({p.describe})")
         job = make_job(p, runtime.model_copy(update={"matrix": p.matrix_label}))
-        before = _row_count(runs_file, job.run_id)
-        outcome = executor.run(job, run_artifacts(results_dir, job.run_id))
-        if _row_count(runs_file, job.run_id) == before:  # died without writing its row
-            why = (f"killed by signal {-outcome.returncode}" if outcome.returncode < 0
-                   else f"exit code {outcome.returncode}")
-            append(runs_file, failed_record(job, f"cell process {why}: "
-                                                 f"{outcome.log_tail.strip()[-500:]}"))
-        status = STATUS_OK if outcome.returncode == 0 else STATUS_FAILED
-        counts["ok" if status == STATUS_OK else "failed"] += 1
-        echo(f"{head}: {status}" + ("" if status == STATUS_OK else
-                                    f" ({_last_error(runs_file, job.run_id)})"))
-    return counts
+        before = _row_count(results_dir / RUNS_FILE, job.run_id)
+        handle = executor.submit(job, run_artifacts(results_dir, job.run_id))
+        running[p.cell.index] = (p, job, handle, before)
+
+
+def _record(job: Job, outcome, before: int, runs_file: Path) -> tuple[str, str]:
+    """(ok / failed / skipped, why) for an ended cell; a failed row if it died without its own."""
+    if outcome.returncode == EXIT_SKIPPED:  # claimed (or finished) by another process meanwhile
+        lines = outcome.log_tail.strip().splitlines()
+        return "skipped", lines[-1] if lines else ""
+    if _row_count(runs_file, job.run_id) == before:  # died without writing its row
+        why = (f"killed by signal {-outcome.returncode}" if outcome.returncode < 0
+               else f"exit code {outcome.returncode}")
+        append(runs_file, failed_record(job, f"cell process {why}: "
+                                             f"{outcome.log_tail.strip()[-500:]}"))
+    if outcome.returncode == 0:
+        return STATUS_OK, ""
+    return STATUS_FAILED, _last_error(runs_file, job.run_id)
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so running cells are stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _record_same_run(runs_file: Path, p: Planned) -> bool:

@@ -1,0 +1,99 @@
+"""`run` bad input for the launchers (one `error:` line, exit 2, nothing submitted or started),
+and a cell under torch's launcher refusing to train N copies, with one row written by rank 0."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from arflowbench import cli
+from arflowbench.errors import ArflowbenchError
+from arflowbench.launch import module_argv, safe_env
+from arflowbench.results import RUNS_FILE, load
+
+MATRIX = """
+name = "one"
+[base]
+data.name = "digits"
+model = { flavor = "debug", patch_size = 2 }
+train = { steps = 4, batch_size = 16 }
+sample = { steps = 2, grid_per_class = 1 }
+"""
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["arflowbench", *args])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    return info.value.code, capsys.readouterr().err
+
+
+def _matrix(tmp_path: Path, extra: str = "") -> str:
+    path = tmp_path / "m.toml"
+    path.write_text(MATRIX + extra)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["no-slurm", "no-submitit", "slurm-key", "slurm-flag",
+                                  "cuda", "local-max-parallel", "submitit-nproc"])
+def test_bad_launch_input_is_one_error_line_before_any_work(tmp_path, monkeypatch, capsys,
+                                                            case) -> None:
+    results = tmp_path / "r"
+    args = ["run", "--matrix", _matrix(tmp_path, "[slurm]\ngpus = 2\n" if case == "slurm-key"
+                                       else ""), "--results-dir", str(results)]
+    local = ["--executor", "submitit", "--submitit-cluster", "local"]
+    expect = {
+        "no-slurm": (["--executor", "submitit"], "no Slurm on this machine (sbatch not found)"),
+        "no-submitit": (["--executor", "submitit"], "--executor submitit needs submitit"),
+        "slurm-key": (local, "unknown [slurm] key 'gpus' (known: partition, nodes,"),
+        "slurm-flag": ([*local, "--slurm", "nodes=two"], "[slurm] nodes: Input should be"),
+        "cuda": (["--device", "cuda"], "--device cuda: no CUDA device on this machine"),
+        "local-max-parallel": (["--max-parallel", "2"], "apply to --executor submitit"),
+        "submitit-nproc": ([*local, "--nproc-per-node", "2"], "use --slurm tasks_per_node=N"),
+    }
+    extra, message = expect[case]
+    if case == "no-slurm" and shutil.which("sbatch"):
+        pytest.skip("Slurm is installed here")
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    if case == "no-submitit":
+        monkeypatch.setitem(sys.modules, "submitit", None)  # import fails as if not installed
+    code, err = _cli(monkeypatch, capsys, *args, *extra)
+    assert code == 2 and err.startswith("error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (results / "submitit").exists() and not (results / RUNS_FILE).exists()
+    if case == "slurm-key":  # validate reports it too
+        code, err = _cli(monkeypatch, capsys, "validate", "--matrix", args[2])
+        assert code == 2 and "unknown [slurm] key 'gpus'" in err
+
+
+def test_more_processes_than_gpus_is_refused(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cli._check_gpus("cuda", 2)
+    with pytest.raises(ArflowbenchError, match="--nproc-per-node 3 needs 3 GPUs; this machine has 2"):
+        cli._check_gpus("auto", 3)
+    cli._check_gpus("cpu", 3)  # on CPU, N gloo processes share the cores
+
+
+def test_a_cell_under_torchrun_fails_clearly_and_only_rank_0_writes(tmp_path: Path) -> None:
+    results = tmp_path / "r"
+    try:
+        out = subprocess.run(
+            [*module_argv("arflowbench.cli"), "run", "--matrix", _matrix(tmp_path),
+             "--results-dir", str(results), "--no-progress", "--threads", "1",
+             "--nproc-per-node", "2", "--device", "cpu"],
+            env=safe_env(), capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"torchrun did not finish in {err.timeout} s: {(err.stderr or b'')[-500:]!r}")
+    assert out.returncode == 1, out.stdout + out.stderr
+    rows = load(results / RUNS_FILE).runs
+    assert len(rows) == 1, f"expected rank 0's row only: {[r.error for r in rows]}"
+    assert rows[0].status == "failed"
+    assert "distributed training is not implemented yet" in rows[0].error, rows[0].error
+    assert "WORLD_SIZE=2" in rows[0].error
