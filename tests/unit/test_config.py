@@ -383,16 +383,20 @@ def test_a_run_shared_by_two_groups_runs_once_and_is_recorded_in_both(tmp_path):
     assert states[4] == SAME_RUN and states[0] == TO_TRAIN  # cfg 1.0, seed 0 is in both
     ran: list[str] = []
 
-    class Recorder:
-        def run(self, job, art_dir):
+    class Done:  # an executor running cells in this process, one at a time
+        max_parallel = 1
+
+        def submit(self, job, art_dir):
             from arflowbench.cell import run_job
             from arflowbench.executors import CellOutcome
 
             ran.append(job.run_id)
             rec = run_job(job)
-            return CellOutcome(0 if rec.status == "ok" else 1, rec.error or "")
+            out = CellOutcome(0 if rec.status == "ok" else 1, rec.error or "")
+            return type("Ended", (), {"done": lambda self: True, "outcome": lambda self: out,
+                                      "stop": lambda self: None})()
 
-    counts = run_matrix(m, rt, Recorder(), echo=lambda _: None, warn=lambda _: None)
+    counts = run_matrix(m, rt, Done(), echo=lambda _: None, warn=lambda _: None)
     assert counts == {"ok": 5, "failed": 0, "cached": 1, "skipped": 0}
     assert len(ran) == 5 and len(set(ran)) == 5
     from arflowbench.results import load
