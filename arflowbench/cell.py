@@ -148,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     job = Job.model_validate_json(Path(argv[0]).read_text())
     if job.runtime.threads:
         torch.set_num_threads(job.runtime.threads)
-    rec = run_job(job)
+    try:
+        rec = run_job(job)
+    except ArflowbenchError as err:  # its own row could not be written (a full disk)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if rec.status == STATUS_OK:
         return 0
     print(f"error: {rec.error}", file=sys.stderr)

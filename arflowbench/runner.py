@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arflowbench.config import Cell, Matrix, RuntimeOptions
-from arflowbench.errors import ConfigError
+from arflowbench.errors import ConfigError, ResultsWriteError
 from arflowbench.executors import LocalExecutor
 from arflowbench.resolve import Resolved, resolve
 from arflowbench.results import (
@@ -156,8 +156,12 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
         if _row_count(runs_file, job.run_id) == before:  # died without writing its row
             why = (f"killed by signal {-outcome.returncode}" if outcome.returncode < 0
                    else f"exit code {outcome.returncode}")
-            append(runs_file, failed_record(job, f"cell process {why}: "
-                                                 f"{outcome.log_tail.strip()[-500:]}"))
+            try:
+                append(runs_file, failed_record(job, f"cell process {why}: "
+                                                     f"{outcome.log_tail.strip()[-500:]}"))
+            except ResultsWriteError as err:  # our own write failed: stop, do not crash
+                raise ResultsWriteError(f"stopped the matrix at cell {i}/{len(planned)}: "
+                                        f"{err}") from None
         status = STATUS_OK if outcome.returncode == 0 else STATUS_FAILED
         counts["ok" if status == STATUS_OK else "failed"] += 1
         echo(f"{head}: {status}" + ("" if status == STATUS_OK else
