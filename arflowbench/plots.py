@@ -225,6 +225,8 @@ def _guard(problems: list[str], what: str, fn, *args) -> Path | None:
     # A plot that fails on odd data must not cost the user the tables: warn and go on.
     try:
         return fn(*args)
+    except OSError:  # a full disk or an unwritable folder is not odd data: the report fails
+        raise
     except Exception as exc:  # noqa: BLE001
         problems.append(f"warning: could not draw {what}: {type(exc).__name__}: {exc}")
         return None
