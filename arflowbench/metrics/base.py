@@ -11,7 +11,8 @@ feature extractor and its version, so a number is never detached from what measu
 Cache files (converted Inception weights, trained classifiers, reference features) live under
 `cache_root()`: the ``cache_dir`` argument, else ``$ARFLOWBENCH_CACHE``, else
 ``~/.cache/arflowbench``. Every cache file is written to a temporary name in the same folder and
-renamed into place, so a crash never leaves a partial file under a valid name.
+renamed into place, so a crash never leaves a partial file under a valid name, and has a
+checksum beside it (`checksums.py`): nothing is loaded from the cache that the project did not write.
 """
 
 from __future__ import annotations
@@ -65,11 +66,6 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """`torch.save` through `atomic_write`."""
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 @contextmanager

@@ -13,6 +13,7 @@ silently changed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 
 from arflowbench.errors import ConfigError, DataError
 from arflowbench.metrics.base import cache_root, tensor_digest
+from arflowbench.metrics.checksums import verified_fidelity_cache
 from arflowbench.metrics.classifier import dataset_classifier, load_classifier, predict
 from arflowbench.metrics.features import check_extractor, prepare_extractor
 
@@ -168,11 +170,15 @@ def evaluate_samples(
         save_cpu_ram=True,  # no DataLoader worker processes: the images are already in memory
         rng_seed=seed, verbose=False,
     )
-    if dev.type == "cuda" and dev.index is not None:
-        with torch.cuda.device(dev.index):
+    # torch-fidelity unpickles its cache files: only ones checksummed by us are let through
+    guard = (verified_fidelity_cache(cache_root(cache_dir) / "fidelity", ref_name)
+             if cache_reference else contextlib.nullcontext())
+    with guard:
+        if dev.type == "cuda" and dev.index is not None:
+            with torch.cuda.device(dev.index):
+                raw = torch_fidelity.calculate_metrics(**kwargs)
+        else:
             raw = torch_fidelity.calculate_metrics(**kwargs)
-    else:
-        raw = torch_fidelity.calculate_metrics(**kwargs)
 
     out: dict[str, Any] = {
         "fid": float(raw[torch_fidelity.KEY_METRIC_FID]),

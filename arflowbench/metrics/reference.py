@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from arflowbench.errors import ConfigError, DataError
-from arflowbench.metrics.base import atomic_torch_save, cache_root, tensor_digest
+from arflowbench.metrics.base import cache_root, tensor_digest
+from arflowbench.metrics.checksums import load_verified, save_verified
 from arflowbench.metrics.evaluate import (
     PRC_NEIGHBORHOOD,
     _Images,
@@ -125,9 +126,9 @@ def _reference_features(ref: Reference, features: Features, info: dict,
                                      info.get("weights_tag")))
     path = cache_root(cache_dir) / "reference" / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".pt")
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_verified(path)
     feats = features(ref.images).float().cpu()
-    atomic_torch_save(feats, path)
+    save_verified(feats, path)
     return feats
 
 
