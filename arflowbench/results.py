@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from arflowbench.config import RunSpec, RuntimeOptions
-from arflowbench.errors import ResultsWriteError
+from arflowbench.errors import ConfigError, ResultsWriteError
 from arflowbench.machine import environment_stamp
 
 SCHEMA_VERSION = 2
@@ -280,6 +280,8 @@ def read_rows(path: str | os.PathLike) -> ReadResult:
     path = Path(path)
     if not path.exists():
         return result
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file (a results store is a JSON Lines file)")
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             text = raw.decode("utf-8", errors="replace").strip()

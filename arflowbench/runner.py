@@ -133,8 +133,8 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
     """Run every pending cell; returns counts of ok / failed / cached / skipped cells.
     `echo` gets progress lines, `warn` warnings (corrupt rows, re-runs)."""
     results_dir = Path(runtime.results_dir)
+    planned = plan(matrix, runtime, warn=warn)  # bad input stops here, before anything is written
     check_results_dir(results_dir)
-    planned = plan(matrix, runtime, warn=warn)
     executor = executor or LocalExecutor()
     runs_file = results_dir / RUNS_FILE
     counts = {"ok": 0, "failed": 0, "cached": 0, "skipped": 0}

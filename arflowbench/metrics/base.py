@@ -122,6 +122,10 @@ class Metric(PluginBase):
     def __init__(self, config: PluginBase.Config | None = None):
         self.config = config if config is not None else self.Config()
 
+    def check(self, dataset: Any, sample_counts: list[int]) -> None:
+        """Raise `ConfigError` for options that cannot work with `dataset` and these sample
+        counts (final evaluation, evaluation points): called before training. Default: none."""
+
     def compute(
         self,
         samples: torch.Tensor,

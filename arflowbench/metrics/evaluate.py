@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +225,7 @@ def _npz_array(path: Path, key: str) -> np.ndarray | None:
             return data if key == "arr_0" else None
         with data:
             return data[key] if key in data.files else None
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read as .npz/.npy ({exc})") from None
 
 
@@ -275,15 +277,17 @@ def _load_png_folder(folder: Path) -> torch.Tensor:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
     if not files:
         raise DataError(f"{folder}: no .png files")
-    modes = []
-    for p in files:
-        with Image.open(p) as im:  # reads the header only
-            modes.append(im.mode)
-    gray = all(m in ("L", "1", "LA") for m in modes)
-    arrays = []
-    for p in files:
-        with Image.open(p) as im:  # closed at once: a folder may hold 50k images
-            arrays.append(np.asarray(im.convert("L" if gray else "RGB")))
+    modes, arrays = [], []
+    try:
+        for p in files:
+            with Image.open(p) as im:  # reads the header only
+                modes.append(im.mode)
+        gray = all(m in ("L", "1", "LA") for m in modes)
+        for p in files:
+            with Image.open(p) as im:  # closed at once: a folder may hold 50k images
+                arrays.append(np.asarray(im.convert("L" if gray else "RGB")))
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or not a PNG
+        raise DataError(f"{p}: cannot decode as an image ({exc})") from None
     first = arrays[0].shape
     for p, a in zip(files, arrays):
         if a.shape != first:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +77,7 @@ def load_reference(path: str | os.PathLike) -> Reference:
             keys = set(data.files)
             mu = data["mu"] if "mu" in keys else None
             sigma = data["sigma"] if "sigma" in keys else None
-    except (OSError, ValueError, EOFError, AttributeError) as exc:
+    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read as .npz ({exc})") from None
     if (mu is None) != (sigma is None):
         raise DataError(f"{path}: has {'mu' if sigma is None else 'sigma'} without "
