@@ -224,9 +224,12 @@ def _npz_array(path: Path, key: str) -> np.ndarray | None:
         if isinstance(data, np.ndarray):  # a .npy file
             return data if key == "arr_0" else None
         with data:
-            return data[key] if key in data.files else None
+            arr = data[key] if key in data.files else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read as .npz/.npy ({exc})") from None
+    if arr is not None and not isinstance(arr, np.ndarray):  # numpy returns a non-.npy member raw
+        raise DataError(f"{path}: {key} is not a .npy array")
+    return arr
 
 
 def load_samples_file(path: str | os.PathLike) -> torch.Tensor:
