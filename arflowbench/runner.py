@@ -152,16 +152,18 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
         echo(f"{head}: running ({p.describe})")
         job = make_job(p, runtime)
         before = _row_count(runs_file, job.run_id)
-        outcome = executor.run(job, run_artifacts(results_dir, job.run_id))
-        if _row_count(runs_file, job.run_id) == before:  # died without writing its row
-            why = (f"killed by signal {-outcome.returncode}" if outcome.returncode < 0
-                   else f"exit code {outcome.returncode}")
-            try:
+        try:  # our own writes (job file, log, failed row) failing stop the matrix, no crash
+            outcome = executor.run(job, run_artifacts(results_dir, job.run_id))
+            if _row_count(runs_file, job.run_id) == before:  # died without writing its row
+                why = (f"killed by signal {-outcome.returncode}" if outcome.returncode < 0
+                       else f"exit code {outcome.returncode}")
                 append(runs_file, failed_record(job, f"cell process {why}: "
                                                      f"{outcome.log_tail.strip()[-500:]}"))
-            except ResultsWriteError as err:  # our own write failed: stop, do not crash
-                raise ResultsWriteError(f"stopped the matrix at cell {i}/{len(planned)}: "
-                                        f"{err}") from None
+        except (ResultsWriteError, OSError) as err:
+            why = err if isinstance(err, ResultsWriteError) else \
+                f"{err.filename or run_artifacts(results_dir, job.run_id)}: {err.strerror or err}"
+            raise ResultsWriteError(f"stopped the matrix at cell {i}/{len(planned)}: "
+                                    f"{why}") from None
         status = STATUS_OK if outcome.returncode == 0 else STATUS_FAILED
         counts["ok" if status == STATUS_OK else "failed"] += 1
         echo(f"{head}: {status}" + ("" if status == STATUS_OK else

@@ -133,6 +133,16 @@ def test_runner_stops_with_exit_2_when_its_own_row_cannot_be_written(tiny_disk, 
     assert (results / "runs.jsonl").read_bytes() == b""
 
 
+def test_runner_stops_when_it_cannot_write_a_job_file(tiny_disk, monkeypatch, capsys) -> None:
+    results = tiny_disk(16)
+    _fill(results / "filler.jsonl")  # the real executor's job.json no longer fits
+    code, out, err = cli_inprocess(monkeypatch, capsys, "run", "--matrix", str(DEBUG_MATRIX),
+                                   "--results-dir", str(results), "--no-progress")
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip()] and "artifacts/" in err and "No space left" in err
+    assert not (results / "runs.jsonl").exists()
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def test_failed_checkpoint_write_leaves_old_checkpoint_and_no_temp(tmp_path, monkeypatch) -> None:
     path = tmp_path / "train" / "checkpoint.pt"
