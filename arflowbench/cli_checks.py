@@ -57,6 +57,7 @@ def at_least(minimum: int, **values: int | None) -> None:
 
 def check_bench_attention(backends: list[str] | None, dim: int, heads: int, batch: int,
                           repeats: int, warmup: int, threads: int | None, device: str) -> None:
+    """`bench attention` options: sizes, known backends, heads dividing dim, a real device."""
     from arflowbench.plugins import ATTENTION
 
     at_least(1, dim=dim, heads=heads, batch=batch, repeats=repeats, threads=threads)
@@ -72,6 +73,7 @@ def check_bench_attention(backends: list[str] | None, dim: int, heads: int, batc
 
 def check_bench_sampling(steps: int, batch: int, flavor: str, repeats: int, threads: int | None,
                          device: str) -> None:
+    """`bench sampling` options: sizes, a known model flavor, a real device."""
     from arflowbench.models.flavors import FLAVORS
 
     at_least(1, steps=steps, batch=batch, repeats=repeats, threads=threads)
@@ -83,4 +85,5 @@ def check_bench_sampling(steps: int, batch: int, flavor: str, repeats: int, thre
 
 
 def check_report(results_dir: Path) -> None:
+    """`report` reads an existing results dir (a typo is not an empty report)."""
     check_dir(results_dir, "--results-dir")

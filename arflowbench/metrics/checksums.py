@@ -33,14 +33,17 @@ _VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime) already chec
 
 
 def checksum_path(path: Path) -> Path:
+    """Where the checksum of `path` lives: ``<file>.sha256`` beside it."""
     return path.with_name(path.name + SUFFIX)
 
 
 def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of `data`."""
     return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

