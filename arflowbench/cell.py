@@ -188,12 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     if job.runtime.threads:
         torch.set_num_threads(job.runtime.threads)
     rank, world_size = world()
-    if world_size > 1:  # rank 0 records the refusal; no rank claims what it will not run
-        rec = run_job(job, rank, world_size)
-    else:
-        rec = claimed_run(job)
-        if rec is None:
-            return EXIT_SKIPPED
+    try:
+        if world_size > 1:  # rank 0 records the refusal; no rank claims what it will not run
+            rec = run_job(job, rank, world_size)
+        else:
+            rec = claimed_run(job)
+            if rec is None:
+                return EXIT_SKIPPED
+    except ArflowbenchError as err:  # its own row could not be written (a full disk)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if rec.status == STATUS_OK:
         return 0
     print(f"error: {rec.error}", file=sys.stderr)

@@ -34,9 +34,9 @@ class Executor(str, Enum):
 
 
 def _runtime(results_dir: Path, data_root: Path | None, **kw):
-    from arflowbench.config import RuntimeOptions
+    from arflowbench.cli_checks import runtime
 
-    return RuntimeOptions(results_dir=results_dir, data_root=data_root, **kw)
+    return runtime(results_dir, data_root, **kw)
 
 
 @app.command()
@@ -126,9 +126,9 @@ def run(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
     from arflowbench.executors import LocalExecutor
     from arflowbench.runner import run_matrix
 
-    m = Matrix.from_file(matrix)
     rt = _runtime(results_dir, data_root, device=device, checkpoint_every=checkpoint_every,
                   progress=progress, threads=threads)
+    m = Matrix.from_file(matrix)
     if executor is Executor.submitit:
         from arflowbench.slurm import SubmititExecutor
 
@@ -169,8 +169,10 @@ def report(results_dir: Path = RESULTS,
            out: Path | None = typer.Option(None, "--out", help="default: RESULTS/reports"),
            paper_dir: Path = typer.Option(Path("registry/paper"), help="published numbers")) -> None:
     """Write report.md, report.tex, plots and index.html from the rows (never re-runs)."""
+    from arflowbench.cli_checks import check_report
     from arflowbench.report import write_report
 
+    check_report(results_dir)
     out = out or results_dir / "reports"
     page = write_report(results_dir, out, paper_dir if paper_dir.exists() else None)
     typer.echo(f"wrote {page}")
@@ -215,8 +217,11 @@ def bench_attention(
         device: str = "cpu", results_dir: Path = RESULTS, progress: bool = True) -> None:
     """Time attention backends against S, N and mode (A/B interleaved); rows go to bench.jsonl."""
     from arflowbench.benchmarks.attention import markdown_table, run_attention_bench
+    from arflowbench.cli_checks import check_bench_attention
 
-    rows = run_attention_bench([b for b in backends.split(",") if b] or None, _ints(s), _ints(n),
+    names = [b for b in backends.split(",") if b] or None
+    check_bench_attention(names, dim, heads, batch, repeats, warmup, threads, device)
+    rows = run_attention_bench(names, _ints(s), _ints(n),
                                [m for m in modes.split(",") if m], dim=dim, heads=heads,
                                batch=batch, repeats=repeats, warmup=warmup, threads=threads,
                                max_call_ms=max_call_ms, results_dir=results_dir, device=device,
@@ -231,7 +236,9 @@ def bench_sampling(steps: int = 250, batch: int = 8, flavor: str = "debug", repe
                    results_dir: Path = RESULTS) -> None:
     """Whole-trajectory sampling ARFlow vs SiT, per-step time and state memory vs position."""
     from arflowbench.benchmarks.sampling import run_sampling_bench, summary
+    from arflowbench.cli_checks import check_bench_sampling
 
+    check_bench_sampling(steps, batch, flavor, repeats, threads, device)
     rows = run_sampling_bench(results_dir=results_dir, steps=steps, batch=batch, flavor=flavor,
                               repeats=repeats, threads=threads, device=device)
     typer.echo(summary(rows))
@@ -271,8 +278,12 @@ def eval_samples(
             True, help="reference images' features for KID and precision/recall "
             "(off: FID from ADM statistics only)")) -> None:
     """Score any set of samples with the same metrics as a run (FID, KID, precision, recall)."""
+    from arflowbench.cli_checks import at_least, check_device, check_dir
     from arflowbench.metrics.reference import evaluate_file
 
+    check_device(device)
+    check_dir(data_root, "--data-root")
+    at_least(2, kid_subset_size=kid_subset_size)
     metrics = evaluate_file(samples, reference, dataset, extractor=extractor, split=split,
                             kid_subset_size=kid_subset_size, reference_features=reference_features,
                             data_root=data_root, cache_dir=cache_dir, device=device)

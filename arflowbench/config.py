@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from arflowbench.errors import ConfigError
 from arflowbench.plugins import format_validation_error
 from arflowbench.slurm import SlurmSpec, slurm_spec
+from arflowbench.strict_values import check_fields
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,7 +44,16 @@ else:  # pragma: no cover
 
 
 class Strict(BaseModel):
+    """Base of every spec model: unknown keys refused, frozen, no booleans as numbers and no
+    inf / nan (`strict_values`)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_values(cls, data: Any) -> Any:
+        check_fields(cls, data)
+        return data
 
 
 class DataSpec(Strict):
@@ -302,10 +312,17 @@ class Matrix(Strict):
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"matrix file {path} does not exist")
+        if not path.is_file():
+            raise ConfigError(f"matrix file {path} is not a file")
         try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
+            raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply") from None
+        except (tomllib.TOMLDecodeError, OSError) as err:
             raise ConfigError(f"{path}: malformed TOML: {err}") from None
+        _check_top_level(path, raw)
         allowed = ("name", "base", "axes", "exclude", "on_unavailable", "slurm", "group")
         unknown = set(raw) - set(allowed)
         if unknown:
@@ -322,10 +339,13 @@ class Matrix(Strict):
         if groups and (raw.get("axes") or excludes):
             raise ConfigError(f"{path}: a matrix with [[group]] tables keeps its axes and "
                               "excludes inside the groups")
-        m = cls(name=raw.get("name", path.stem), path=path, base=base,
-                on_unavailable=raw.get("on_unavailable", "fail"),
-                slurm=slurm_spec(raw.get("slurm", {}), str(path)),
-                axes=_flatten_axes(raw.get("axes", {})), exclude=excludes, groups=groups)
+        try:
+            m = cls(name=raw.get("name", path.stem), path=path, base=base,
+                    on_unavailable=raw.get("on_unavailable", "fail"),
+                    slurm=slurm_spec(raw.get("slurm", {}), str(path)),
+                    axes=_flatten_axes(raw.get("axes", {})), exclude=excludes, groups=groups)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, str(path))) from None
         m.cells()  # validate every cell now, before any work
         return m
 
@@ -389,3 +409,28 @@ def _expand(base: dict, axes: dict[str, list], exclude: list[dict], where: str, 
 
 
 _MISSING = object()
+#: the type each top-level key of a matrix file must have
+_TOP_LEVEL = {"name": str, "base": dict, "axes": dict, "exclude": list, "on_unavailable": str,
+              "slurm": dict, "group": list}
+#: deepest table / array nesting a matrix may use (specs are a few levels deep)
+MAX_DEPTH = 32
+
+
+def _depth(node: Any) -> int:
+    if isinstance(node, dict):
+        return 1 + max((_depth(v) for v in node.values()), default=0)
+    if isinstance(node, list):
+        return 1 + max((_depth(v) for v in node), default=0)
+    return 0
+
+
+def _check_top_level(path: Path, raw: dict) -> None:
+    """Types of the top-level keys (``name = 5``, ``base = 5``) and a bounded nesting depth."""
+    for key, kind in _TOP_LEVEL.items():
+        if key in raw and not isinstance(raw[key], kind):
+            raise ConfigError(f"{path}: {key} must be a {kind.__name__ if kind is not dict else 'table'}"
+                              f", got {type(raw[key]).__name__} {raw[key]!r}")
+    if any(not isinstance(e, dict) for e in raw.get("exclude", [])):
+        raise ConfigError(f"{path}: every [[exclude]] entry must be a table")
+    if _depth(raw) > MAX_DEPTH:
+        raise ConfigError(f"{path}: nested more than {MAX_DEPTH} levels deep")

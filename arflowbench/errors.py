@@ -32,3 +32,7 @@ class DataError(ArflowbenchError):
 
 class NonFiniteLossError(ArflowbenchError):
     """Training produced a NaN or infinite loss."""
+
+
+class ResultsWriteError(ArflowbenchError):
+    """A row or report could not be written (full disk, read-only folder); nothing was left torn."""

@@ -32,6 +32,8 @@ MISSING = "—"  # how tables show a missing value
 #: ("img", caption, relpath), ("gallery", [(caption, relpath)]).
 Block = tuple
 _DPI = 120
+#: files a row may name as its sample grid
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _figure(nrows: int = 1, ncols: int = 1, width: float = 6.4, height: float = 4.0):
@@ -223,6 +225,8 @@ def _guard(problems: list[str], what: str, fn, *args) -> Path | None:
     # A plot that fails on odd data must not cost the user the tables: warn and go on.
     try:
         return fn(*args)
+    except OSError:  # a full disk or an unwritable folder is not odd data: the report fails
+        raise
     except Exception as exc:  # noqa: BLE001
         problems.append(f"warning: could not draw {what}: {type(exc).__name__}: {exc}")
         return None
@@ -305,17 +309,26 @@ def bench_plots(df: pd.DataFrame, crossovers: pd.DataFrame, plot_dir: Path,
 
 
 def copy_sample_grids(sub: pd.DataFrame, labels: dict[str, str], results_dir: Path, out_dir: Path,
-                  problems: list[str]) -> list[tuple[str, str]]:
-    """Copy each run's sample grid into out_dir/samples/ so the page keeps working when moved."""
+                      problems: list[str]) -> list[tuple[str, str]]:
+    """Copy each run's sample grid into out_dir/samples/ so the page keeps working when moved.
+    Rows are untrusted: a run_id that is not an id, or a grid path that leaves the results dir
+    (``..``, absolute, a link out) or is not an image, is skipped with a warning."""
+    from arflowbench.results import is_id, path_inside
+
     out, missing = [], []
     for r in sub[sub["status"] == "ok"].itertuples():
         if not isinstance(r.samples, str):
             continue
-        src = results_dir / r.samples
+        src = path_inside(results_dir, r.samples)
+        if not is_id(r.run_id) or src is None or src.suffix.lower() not in GRID_SUFFIXES:
+            problems.append(f"warning: run {str(r.run_id)[:80]!r}: sample grid "
+                            f"{str(r.samples)[:120]!r} skipped (a row must name an image inside "
+                            f"the results dir and a run_id of the hash format)")
+            continue
         if not src.is_file():
             missing.append(str(src))
             continue
-        dst = out_dir / "samples" / f"{r.run_id}{src.suffix or '.png'}"
+        dst = out_dir / "samples" / f"{r.run_id}{src.suffix.lower()}"
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
         out.append((f"{labels[r.run_id]} ({r.run_id})", dst.relative_to(out_dir).as_posix()))

@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from arflowbench.errors import ConfigError, PluginUnavailableError, UnknownPluginError
+from arflowbench.strict_values import check_fields
 
 T = TypeVar("T")
 
@@ -201,6 +202,10 @@ class Registry(Generic[T]):
     def validate_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
         """Validate options against the plugin's `Config`; return them with defaults filled."""
         cls = self.load(name)
+        try:
+            check_fields(cls.Config, options)
+        except ValueError as err:
+            raise ConfigError(f"{self.kind} {name!r} options: {err}") from None
         try:
             cfg = cls.Config(**options)
         except ValidationError as err:

@@ -19,7 +19,6 @@ measured column.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -33,7 +32,16 @@ from arflowbench import plots, quality_curves
 from arflowbench import results as store
 from arflowbench.paper import default_paper_dir, load_published
 from arflowbench.plots import MISSING, render_html, render_latex, render_markdown
+from arflowbench.report_bench import (
+    _BENCH_CONFIG,
+    BASELINE_BACKEND,
+    _bench_tables,
+    _scalar,
+    attention_crossovers,
+    timed_rows,
+)
 from arflowbench.sampling_report import sampling_blocks
+from arflowbench.staged_dir import staged_dir
 
 # Metrics of the run table, in display order, with their column labels.
 RUN_METRICS = {
@@ -74,10 +82,9 @@ DETAIL_METRICS = {
 # Spec-determined or spread values: not averaged over seeds.
 _NOT_AGGREGATED = {"nfe", "param_count", "eval_num_samples", "cfg_scale"}
 _SPREAD_SUFFIXES = ("_p20", "_p80")
-BASELINE_BACKEND = "softmax"
 NO_MATRIX = "(no matrix)"
-_BENCH_CONFIG = ("dim", "heads", "batch", "device", "dtype")
-_BENCH_KEYS = ("backend", "implementation", "mode", "S", "N", *_BENCH_CONFIG)
+#: what a report folder holds (`--out` is replaced as a whole, so nothing else may be in it)
+REPORT_ENTRIES = ("report.md", "report.tex", "index.html", "plots", "samples")
 
 
 # ----------------------------------------------------------------------------- summarising rows
@@ -108,11 +115,6 @@ class Summary:
 def is_seed_axis(key: str) -> bool:
     """Axes named ``seed`` or ``*.seed`` are repeats, aggregated over in the seed tables."""
     return key == "seed" or key.endswith(".seed")
-
-
-def _scalar(value: Any) -> Any:
-    # Lists and dicts (e.g. a list-valued axis) become canonical JSON so they group and print.
-    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
 
 
 def _first_line(text: Any) -> str | None:
@@ -233,72 +235,6 @@ def aggregate_seeds(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
             rec[f"{m}_n"] = n
         out.append(rec)
     return pd.DataFrame(out)
-
-
-def _bench_tables(rows: list[store.BenchRecord], problems: list[str]) -> dict[str, pd.DataFrame]:
-    by_kind: dict[str, list[dict]] = {}
-    for row in rows:
-        by_kind.setdefault(row.bench, []).append({k: _scalar(v) for k, v in row.flat().items()})
-    out = {}
-    for kind, recs in by_kind.items():
-        df = pd.DataFrame(recs)
-        keys = [k for k in _BENCH_KEYS if k in df.columns]
-        if kind == "attention" and keys:
-            # A re-measured configuration replaces the older measurement.
-            df = df.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
-        out[kind] = df
-    if "attention" in out:
-        out["attention"] = _with_series(out["attention"])
-    return out
-
-
-def _with_series(df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``series``: the backend, plus its implementation when one backend has several."""
-    df = df.copy()
-    if "backend" not in df:
-        df["backend"] = "?"
-    impl = df["implementation"] if "implementation" in df else pd.Series(None, index=df.index)
-    several = df.assign(_i=impl).groupby("backend")["_i"].transform("nunique") > 1
-    df["series"] = np.where(several, df["backend"].astype(str) + "/" + impl.astype(str),
-                            df["backend"].astype(str))
-    return df
-
-
-def timed_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Attention rows that hold a timing (status ok, median present): plots and crossovers."""
-    if df.empty or "median_ms" not in df:
-        return df.iloc[:0]
-    ok = df["status"].fillna("ok") == "ok" if "status" in df else True
-    return df[ok & pd.to_numeric(df["median_ms"], errors="coerce").notna()]
-
-
-def attention_crossovers(df: pd.DataFrame) -> pd.DataFrame:
-    """Crossover S against softmax for every non-softmax series, per (config, mode, N), by
-    `arflowbench.benchmarks.attention.crossover` (the project's one definition: the smallest S
-    from which the backend is faster at every larger S measured for both)."""
-    cols = [*_BENCH_CONFIG, "mode", "N", "series", "vs", "crossover_S", "max_S"]
-    df = timed_rows(df)
-    if df.empty or not {"backend", "mode", "S", "N", "series"} <= set(df.columns):
-        return pd.DataFrame(columns=cols)
-    from arflowbench.benchmarks.attention import crossover  # imports torch: only when needed
-
-    group = [c for c in (*_BENCH_CONFIG, "mode", "N") if c in df.columns]
-    out = []
-    for key, g in df.groupby(group, dropna=False, sort=False):
-        ref = g[g["backend"] == BASELINE_BACKEND]
-        if ref.empty:
-            continue
-        ref_label = ref["series"].iloc[0]  # one softmax implementation is the reference
-        # Series labels stand in for backend names so that implementations compare apart.
-        rows = g.assign(kind="bench", bench="attention", status="ok",
-                        backend=g["series"]).to_dict("records")
-        rec = dict(zip(group, key if isinstance(key, tuple) else (key,), strict=True))
-        for label in dict.fromkeys(g.loc[g["backend"] != BASELINE_BACKEND, "series"]):
-            common = set(g.loc[g["series"] == label, "S"]) & set(ref["S"])
-            out.append({**rec, "series": label, "vs": ref_label,
-                        "crossover_S": crossover(rows, label, ref_label, rec["mode"], rec["N"]),
-                        "max_S": max(common, default=None)})
-    return pd.DataFrame(out, columns=[c for c in cols if c in group or c not in _BENCH_CONFIG])
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -563,18 +499,19 @@ def write_report(results_dir: Path, out_dir: Path, paper_dir: Path | None = None
     """Write report.md, report.tex, index.html, plots/ and samples/ under ``out_dir`` from the
     rows in ``results_dir``; returns the path of report.md. ``paper_dir`` defaults to the
     checkout's ``registry/paper``. Warnings (corrupt rows, missing files) go to stderr and into
-    the report; nothing is re-run."""
+    the report; nothing is re-run. The folder is built beside ``out_dir`` and swapped in whole
+    (`staged_dir`): a failed or killed report leaves the previous one as it was."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     loaded = load_results(results_dir)
     published, paper_problems = load_published(paper_dir if paper_dir is not None
                                                 else default_paper_dir())
     summary = summarize_rows(loaded.runs, loaded.bench, published)
     summary.problems = loaded.problems + paper_problems + summary.problems
-    out_dir.mkdir(parents=True, exist_ok=True)
-    blocks = build_blocks(summary, results_dir, out_dir)
-    for p in summary.problems:
-        print(p, file=sys.stderr)
-    (out_dir / "report.md").write_text(render_markdown(blocks))
-    (out_dir / "report.tex").write_text(render_latex(blocks))
-    (out_dir / "index.html").write_text(render_html(blocks))
+    with staged_dir(out_dir, REPORT_ENTRIES) as stage:  # a killed report leaves the old one
+        blocks = build_blocks(summary, results_dir, stage)
+        for p in summary.problems:
+            print(p, file=sys.stderr)
+        (stage / "report.md").write_text(render_markdown(blocks))
+        (stage / "report.tex").write_text(render_latex(blocks))
+        (stage / "index.html").write_text(render_html(blocks))
     return out_dir / "report.md"

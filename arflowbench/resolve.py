@@ -10,6 +10,7 @@ before training with the reason, `validate` prints it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from arflowbench.config import MetricSpec, RunSpec, RuntimeOptions, run_hash, train_hash
@@ -102,10 +103,29 @@ def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True) 
         "trainer": TRAINER_VERSION,
     }
     metrics = _metrics(spec) if (spec.eval.num_samples or spec.eval.at) else ()
+    e = spec.eval
+    counts = [n for n in (e.num_samples, (e.at_num_samples or e.num_samples) if e.at else 0) if n]
+    for m in metrics:
+        m.check(ds, counts)
+    _check_memory(spec, ds)
     # a metric's version enters the hash only when the run evaluates with it
     versions = {**train_versions, **{f"metric:{m.name}": m.version for m in metrics}}
     return Resolved(spec, run_hash(spec, versions), versions, ds, formulation, param_count,
                     unavailable, avail.implementation, train_hash(spec, train_versions), metrics)
+
+
+def _check_memory(spec: RunSpec, ds) -> None:
+    """A batch whose images alone exceed this machine's memory fails here, not after starting."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # pragma: no cover - not a POSIX memory query
+        return
+    image = ds.channels * ds.image_size ** 2 * 4  # float32 bytes of one image
+    for what, batch in (("train.batch_size", spec.train.batch_size),
+                        ("eval.batch_size", spec.eval.batch_size)):
+        if batch * image > total:
+            raise ConfigError(f"{what} {batch}: one batch needs {batch * image / 2**30:.0f} GiB, "
+                              f"more than this machine's {total / 2**30:.0f} GiB")
 
 
 def _metrics(spec: RunSpec) -> tuple:

@@ -20,6 +20,7 @@ stage: checkpoint, loss log, EMA snapshots); artifacts are not committed.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import fcntl
 import json
 import os
@@ -31,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from arflowbench.config import RunSpec, RuntimeOptions
+from arflowbench.errors import ConfigError, ResultsWriteError
 from arflowbench.machine import environment_stamp
 
 SCHEMA_VERSION = 2
@@ -45,10 +47,26 @@ Status = Literal["ok", "failed"]
 #: as a folder name: no dots, no slashes), anything else is rejected as untrusted
 ID_PATTERN = r"^[0-9a-z]{1,64}$"
 
+_ID_RE = re.compile(ID_PATTERN)
 _RUN_ID_RE = re.compile(r'"run_id"\s*:\s*"([0-9a-f]+)"')
 
 __all__ = ["BenchRecord", "EvalPoint", "Job", "PluginRef", "RunRecord", "append", "append_row",
            "environment_stamp", "load_bench", "load_runs", "now_iso", "read_rows"]
+
+
+def is_id(value: Any) -> bool:
+    """Whether `value` is a well-formed run_id / train_id (`ID_PATTERN`)."""
+    return isinstance(value, str) and _ID_RE.match(value) is not None
+
+
+def path_inside(results_dir: str | os.PathLike, rel: Any) -> Path | None:
+    """`results_dir / rel` resolved (symbolic links followed), only if it stays inside
+    `results_dir`; None for anything else (absolute paths, ``..``, links out, non-strings)."""
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        return None
+    root = Path(results_dir).resolve()
+    path = (root / rel).resolve()
+    return path if path.is_relative_to(root) and path != root else None
 
 
 def now_iso() -> str:
@@ -133,12 +151,7 @@ class RunRecord(_Record):
 
     def artifact(self, name: str, results_dir: Path) -> Path | None:
         """An artifact's path, only if it resolves inside `results_dir` (rows are untrusted)."""
-        rel = self.artifacts.get(name)
-        if not rel:
-            return None
-        root = Path(results_dir).resolve()
-        path = (root / rel).resolve()
-        return path if path.is_relative_to(root) else None
+        return path_inside(results_dir, self.artifacts.get(name))
 
 
 _BENCH_HEADER = ("schema", "kind", "bench", "status", "timestamp", "reason", "env")
@@ -200,11 +213,16 @@ def parse_record(row: dict[str, Any]) -> RunRecord | BenchRecord:
 
 # ------------------------------------------------------------------------------ the store
 def append_row(path: str | os.PathLike, row: dict[str, Any]) -> None:
-    """Append one JSON row as a single whole line, flushed and fsynced under a file lock."""
+    """Append one JSON row as a single whole line, flushed and fsynced under a file lock.
+    Raises `ResultsWriteError` (and leaves the file as it was) when the line cannot be written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row, sort_keys=True, allow_nan=True, default=str) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as err:
+        raise ResultsWriteError(f"could not append a row to {path}: "
+                                f"{err.strerror or err}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
@@ -212,11 +230,31 @@ def append_row(path: str | os.PathLike, row: dict[str, Any]) -> None:
             os.lseek(fd, size - 1, os.SEEK_SET)
             if os.read(fd, 1) != b"\n":  # a torn line from a crash: close it off
                 line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
+        _write_all(fd, line, size, path)
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes, old_size: int, path: Path) -> None:
+    """Write all of `data` and fsync; on any failure (a short write that stops making progress,
+    ENOSPC, EIO) cut the file back to `old_size` so no torn row is left, and raise."""
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.write(fd, view)
+            if n <= 0:  # no progress: a full disk that does not say so
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (wrote "
+                                            f"{len(data) - len(view)} of {len(data)} bytes)")
+            view = view[n:]
+        os.fsync(fd)
+    except OSError as err:
+        try:
+            os.ftruncate(fd, old_size)
+        except OSError:  # pragma: no cover - the row may stay torn; readers skip it
+            pass
+        raise ResultsWriteError(f"could not append a row to {path}: "
+                                f"{err.strerror or err}") from None
 
 
 def append(path: str | os.PathLike, record: RunRecord | BenchRecord) -> None:
@@ -244,6 +282,8 @@ def read_rows(path: str | os.PathLike) -> ReadResult:
     path = Path(path)
     if not path.exists():
         return result
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file (a results store is a JSON Lines file)")
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             text = raw.decode("utf-8", errors="replace").strip()

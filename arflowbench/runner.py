@@ -19,7 +19,7 @@ from pathlib import Path
 
 from arflowbench.cell import CLAIM, EXIT_SKIPPED
 from arflowbench.config import Cell, Matrix, RuntimeOptions
-from arflowbench.errors import ConfigError
+from arflowbench.errors import ConfigError, ResultsWriteError
 from arflowbench.executors import LocalExecutor
 from arflowbench.locks import peek
 from arflowbench.resolve import Resolved, resolve
@@ -171,8 +171,8 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
     wait on the training claim). A cell claimed by a live process (another runner, an orphan)
     is skipped with the holder named. SIGTERM or Ctrl-C stops the running cells, then raises."""
     results_dir = Path(runtime.results_dir)
+    planned = plan(matrix, runtime, warn=warn)  # bad input stops here, before anything is written
     check_results_dir(results_dir)
-    planned = plan(matrix, runtime, warn=warn)
     executor = executor or LocalExecutor()
     runs_file = results_dir / RUNS_FILE
     counts = {"ok": 0, "failed": 0, "cached": 0, "skipped": 0}
@@ -197,11 +197,13 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
     try:
         with _sigterm_interrupts():
             while queue or running:
-                _start_ready(queue, running, executor, runtime, heads, counts, echo, warn)
+                with _own_writes("starting a cell"):
+                    _start_ready(queue, running, executor, runtime, heads, counts, echo, warn)
                 ended = [i for i, (_, _, handle, _) in running.items() if handle.done()]
                 for i in ended:
                     p, job, handle, before = running.pop(i)
-                    status, detail = _record(job, handle.outcome(), before, runs_file)
+                    with _own_writes(f"recording cell {i} ({job.run_id})"):
+                        status, detail = _record(job, handle.outcome(), before, runs_file)
                     counts[status] += 1
                     echo(f"{heads[i]}: {status}" + (f" ({detail})" if detail else ""))
                 if not ended:
@@ -256,6 +258,19 @@ def _record(job: Job, outcome, before: int, runs_file: Path) -> tuple[str, str]:
     if outcome.returncode == 0:
         return STATUS_OK, ""
     return STATUS_FAILED, _last_error(runs_file, job.run_id)
+
+
+@contextmanager
+def _own_writes(what: str):
+    """The runner's own writes (job files, logs, failed rows) failing, e.g. on a full disk,
+    stop the matrix with one error instead of a crash."""
+    try:
+        yield
+    except ResultsWriteError as err:
+        raise ResultsWriteError(f"stopped the matrix while {what}: {err}") from None
+    except OSError as err:
+        raise ResultsWriteError(f"stopped the matrix while {what}: "
+                                f"{err.filename or ''} {err.strerror or err}".strip()) from None
 
 
 @contextmanager

@@ -8,8 +8,19 @@ import torch
 from arflowbench.config import AttentionSpec, ModelSpec
 from arflowbench.data.base import ImageSet
 from arflowbench.data.digits import Digits
+from arflowbench.metrics.base import CACHE_ENV
 from arflowbench.models.backbone import DiT
 from arflowbench.models.build import build_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def metrics_cache(tmp_path_factory):
+    """A fresh metrics cache for the session ($ARFLOWBENCH_CACHE, inherited by CLI subprocesses):
+    tests never read or write the user's ~/.cache/arflowbench (whose files may predate the
+    checksums and would be refused)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("arflowbench-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

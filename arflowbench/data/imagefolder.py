@@ -57,9 +57,25 @@ class ImageFolder(Dataset):
     def check_available(self) -> None:
         if not self.root.is_dir():
             raise DataError(f"imagefolder: root {self.root} does not exist")
-        base = (self._split_dirs() or {"train": self.root})["train"]
-        if not self._class_dirs(base):
+        splits = self._split_dirs()
+        base = (splits or {"train": self.root})["train"]
+        classes = self._class_dirs(base)
+        if not classes:
             raise DataError(f"imagefolder: {base} has no class sub-folders")
+        for cdir in classes:  # a class without images would be a label never seen
+            if not self._files(cdir):
+                raise DataError(f"imagefolder: class folder {cdir} holds no images "
+                                f"({', '.join(sorted(EXTENSIONS))}): add images or remove it")
+        if splits:  # checked before training, not when the test split is first loaded
+            names = {d.name for d in classes}
+            extra = sorted(d.name for d in self._class_dirs(splits["test"]) if d.name not in names)
+            if extra:
+                raise DataError(f"imagefolder: test classes {extra} are not classes of the train "
+                                f"split ({', '.join(sorted(names))})")
+
+    @staticmethod
+    def _files(cdir: Path) -> list[Path]:
+        return sorted(p for p in cdir.iterdir() if p.suffix.lower() in EXTENSIONS)
 
     @property
     def num_classes(self) -> int:
@@ -71,13 +87,21 @@ class ImageFolder(Dataset):
         from PIL import Image
 
         mode = "L" if self.channels == 1 else "RGB"
-        with Image.open(path) as im:
-            im = im.convert(mode)
-            side = min(im.size)
-            left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
-            im = im.crop((left, top, left + side, top + side))
-            im = im.resize((self.image_size, self.image_size), Image.BICUBIC)
-            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+        try:
+            with Image.open(path) as im:
+                return self._square(im.convert(mode))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DataError(f"imagefolder: cannot decode {path} ({exc})") from None
+
+    def _square(self, im) -> torch.Tensor:
+        """A PIL image center-cropped, resized, as uint8 (C, H, W)."""
+        from PIL import Image
+
+        side = min(im.size)
+        left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
+        im = im.crop((left, top, left + side, top + side))
+        im = im.resize((self.image_size, self.image_size), Image.BICUBIC)
+        data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
         return data.reshape(self.image_size, self.image_size, self.channels).permute(2, 0, 1)
 
     def _load(self, split: str) -> ImageSet:
@@ -91,7 +115,7 @@ class ImageFolder(Dataset):
                 raise DataError(f"imagefolder: class {cdir.name!r} of split {split!r} is not a "
                                 f"class of the train split ({', '.join(names)})")
             cls_id = names.index(cdir.name)
-            files = sorted(p for p in cdir.iterdir() if p.suffix.lower() in EXTENSIONS)
+            files = self._files(cdir)
             if splits is None:  # one folder: deterministic split within each class
                 files = [f for i, f in enumerate(files)
                          if (i % self.config.test_every == 0) == (split == "test")]

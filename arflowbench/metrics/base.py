@@ -11,7 +11,8 @@ feature extractor and its version, so a number is never detached from what measu
 Cache files (converted Inception weights, trained classifiers, reference features) live under
 `cache_root()`: the ``cache_dir`` argument, else ``$ARFLOWBENCH_CACHE``, else
 ``~/.cache/arflowbench``. Every cache file is written to a temporary name in the same folder and
-renamed into place, so a crash never leaves a partial file under a valid name.
+renamed into place, so a crash never leaves a partial file under a valid name, and has a
+checksum beside it (`checksums.py`): nothing is loaded from the cache that the project did not write.
 """
 
 from __future__ import annotations
@@ -67,11 +68,6 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """`torch.save` through `atomic_write`."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock, so parallel runs train or convert a cached file only once."""
@@ -125,6 +121,10 @@ class Metric(PluginBase):
 
     def __init__(self, config: PluginBase.Config | None = None):
         self.config = config if config is not None else self.Config()
+
+    def check(self, dataset: Any, sample_counts: list[int]) -> None:
+        """Raise `ConfigError` for options that cannot work with `dataset` and these sample
+        counts (final evaluation, evaluation points): called before training. Default: none."""
 
     def compute(
         self,

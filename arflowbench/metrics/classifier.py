@@ -28,13 +28,13 @@ from torch.nn import functional as F
 
 from arflowbench.metrics.base import (
     FeatureWeightsError,
-    atomic_torch_save,
     atomic_write,
     cache_root,
     file_lock,
     sha1_file,
     tensor_digest,
 )
+from arflowbench.metrics.checksums import load_verified, save_verified, verify
 
 #: bump when the architecture or the training recipe changes
 CLASSIFIER_VERSION = 1
@@ -102,7 +102,7 @@ class ClassifierInfo:
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> SmallCNN:
     """Rebuild a `SmallCNN` from a file written by `dataset_classifier`."""
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_verified(path)
         model = SmallCNN(**blob["arch"])
         model.load_state_dict(blob["state_dict"])
     except (OSError, KeyError, RuntimeError) as exc:
@@ -177,6 +177,7 @@ def dataset_classifier(dataset: Any, cache_dir: str | os.PathLike | None = None,
     folder = cache_root(cache_dir) / "classifier"
     path, meta_path = folder / f"{key}.pt", folder / f"{key}.json"
     if path.is_file() and meta_path.is_file():
+        verify(path)
         return ClassifierInfo(path, json.loads(meta_path.read_text()))
     with file_lock(folder / f"{key}.lock"):
         if not path.is_file():
@@ -195,8 +196,8 @@ def dataset_classifier(dataset: Any, cache_dir: str | os.PathLike | None = None,
                 "test_num": len(test), "test_accuracy": acc,
             }
             blob = {"arch": model.arch, "state_dict": model.cpu().state_dict(), "meta": meta}
-            atomic_torch_save(blob, path)
-        meta = dict(torch.load(path, map_location="cpu", weights_only=True)["meta"])
+            save_verified(blob, path)
+        meta = dict(load_verified(path)["meta"])
         meta["weights_sha1"] = sha1_file(path)
         text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
         atomic_write(meta_path, lambda f: f.write(text.encode()))

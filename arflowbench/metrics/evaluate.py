@@ -13,8 +13,11 @@ silently changed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import torch
 
 from arflowbench.errors import ConfigError, DataError
 from arflowbench.metrics.base import cache_root, tensor_digest
+from arflowbench.metrics.checksums import verified_fidelity_cache
 from arflowbench.metrics.classifier import dataset_classifier, load_classifier, predict
 from arflowbench.metrics.features import check_extractor, prepare_extractor
 
@@ -168,11 +172,15 @@ def evaluate_samples(
         save_cpu_ram=True,  # no DataLoader worker processes: the images are already in memory
         rng_seed=seed, verbose=False,
     )
-    if dev.type == "cuda" and dev.index is not None:
-        with torch.cuda.device(dev.index):
+    # torch-fidelity unpickles its cache files: only ones checksummed by us are let through
+    guard = (verified_fidelity_cache(cache_root(cache_dir) / "fidelity", ref_name)
+             if cache_reference else contextlib.nullcontext())
+    with guard:
+        if dev.type == "cuda" and dev.index is not None:
+            with torch.cuda.device(dev.index):
+                raw = torch_fidelity.calculate_metrics(**kwargs)
+        else:
             raw = torch_fidelity.calculate_metrics(**kwargs)
-    else:
-        raw = torch_fidelity.calculate_metrics(**kwargs)
 
     out: dict[str, Any] = {
         "fid": float(raw[torch_fidelity.KEY_METRIC_FID]),
@@ -216,9 +224,12 @@ def _npz_array(path: Path, key: str) -> np.ndarray | None:
         if isinstance(data, np.ndarray):  # a .npy file
             return data if key == "arr_0" else None
         with data:
-            return data[key] if key in data.files else None
-    except (OSError, ValueError, EOFError) as exc:
+            arr = data[key] if key in data.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read as .npz/.npy ({exc})") from None
+    if arr is not None and not isinstance(arr, np.ndarray):  # numpy returns a non-.npy member raw
+        raise DataError(f"{path}: {key} is not a .npy array")
+    return arr
 
 
 def load_samples_file(path: str | os.PathLike) -> torch.Tensor:
@@ -269,15 +280,17 @@ def _load_png_folder(folder: Path) -> torch.Tensor:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
     if not files:
         raise DataError(f"{folder}: no .png files")
-    modes = []
-    for p in files:
-        with Image.open(p) as im:  # reads the header only
-            modes.append(im.mode)
-    gray = all(m in ("L", "1", "LA") for m in modes)
-    arrays = []
-    for p in files:
-        with Image.open(p) as im:  # closed at once: a folder may hold 50k images
-            arrays.append(np.asarray(im.convert("L" if gray else "RGB")))
+    modes, arrays = [], []
+    try:
+        for p in files:
+            with Image.open(p) as im:  # reads the header only
+                modes.append(im.mode)
+        gray = all(m in ("L", "1", "LA") for m in modes)
+        for p in files:
+            with Image.open(p) as im:  # closed at once: a folder may hold 50k images
+                arrays.append(np.asarray(im.convert("L" if gray else "RGB")))
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or not a PNG
+        raise DataError(f"{p}: cannot decode as an image ({exc})") from None
     first = arrays[0].shape
     for p, a in zip(files, arrays):
         if a.shape != first:

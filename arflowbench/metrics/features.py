@@ -16,6 +16,7 @@ returns an `ExtractorSpec` naming everything that determines the features.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,15 @@ class FidInceptionV3(FeatureExtractorInceptionV3):
     """torch-fidelity's FID Inception-v3 (its TF-1.x resize to 299, its pooling quirks), taking
     grayscale (N, 1, H, W) uint8 images as well, and offering no logits (see `inception.py`)."""
 
-    def __init__(self, name, features_list, **kwargs):
-        super().__init__(name, features_list, **kwargs)
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        if feature_extractor_weights_path is None:  # torch-fidelity would download unverified
+            raise FeatureWeightsError("the inception extractor needs feature_extractor_weights_path")
+        # torch-fidelity unpickles the file it is given (weights_only=False): give it a buffer
+        # of the verified tensors, loaded here with weights_only=True
+        buf = io.BytesIO()
+        torch.save(inception.load_weights(feature_extractor_weights_path), buf)
+        buf.seek(0)
+        super().__init__(name, features_list, feature_extractor_weights_path=buf, **kwargs)
         del self.fc  # NaN with fid-helper weights (no logits layer); never used here
 
     @staticmethod

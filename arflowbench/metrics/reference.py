@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,8 @@ import numpy as np
 import torch
 
 from arflowbench.errors import ConfigError, DataError
-from arflowbench.metrics.base import atomic_torch_save, cache_root, tensor_digest
+from arflowbench.metrics.base import cache_root, tensor_digest
+from arflowbench.metrics.checksums import load_verified, save_verified
 from arflowbench.metrics.evaluate import (
     PRC_NEIGHBORHOOD,
     _Images,
@@ -74,7 +77,7 @@ def load_reference(path: str | os.PathLike) -> Reference:
             keys = set(data.files)
             mu = data["mu"] if "mu" in keys else None
             sigma = data["sigma"] if "sigma" in keys else None
-    except (OSError, ValueError, EOFError, AttributeError) as exc:
+    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read as .npz ({exc})") from None
     if (mu is None) != (sigma is None):
         raise DataError(f"{path}: has {'mu' if sigma is None else 'sigma'} without "
@@ -125,9 +128,9 @@ def _reference_features(ref: Reference, features: Features, info: dict,
                                      info.get("weights_tag")))
     path = cache_root(cache_dir) / "reference" / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".pt")
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_verified(path)
     feats = features(ref.images).float().cpu()
-    atomic_torch_save(feats, path)
+    save_verified(feats, path)
     return feats
 
 

@@ -91,8 +91,11 @@ def test_cached_reference_gives_the_same_numbers(digits, cache, tmp_path):
         assert again[key] == first[key]
     files = list((cache / "fidelity").iterdir())
     assert any(f.name.startswith("digits-test-8px-") and "classifier-v1" in f.name for f in files)
-    # nothing half-written is left behind (temporary names start with "tmp" or ".")
-    assert all(f.suffix == ".pt" and not f.name.startswith(("tmp", ".")) for f in files), files
+    # nothing half-written is left behind (temporary names start with "tmp" or "."); every
+    # cached file has its checksum beside it, and a lock file serialises its writers
+    assert all(f.suffix in (".pt", ".sha256", ".lock") and not f.name.startswith(("tmp", "."))
+               for f in files), files
+    assert all(f.with_name(f.name + ".sha256").is_file() for f in files if f.suffix == ".pt")
 
 
 def test_class_accuracy(train_vs_test, digits, cache):
