@@ -39,6 +39,7 @@ from arflowbench.attention.ops import (
     gate_log_decay_ref,
     recurrent_step,
 )
+from arflowbench.attention.ops.norm_gate import head_norm_gate, qkv_norm_gate
 from arflowbench.plugins import Availability, PluginBase
 
 EPS = 1e-6
@@ -95,29 +96,21 @@ class HybridAttention(AttentionBackend):
     def _project(self, x: torch.Tensor, cond: torch.Tensor | None):
         """Projections, norms and log-decay, returned in float32 in the (B, H, S, N, d) layout.
 
-        Returns q, k, v: (B, H, S, N, d); log_decay: (B, H, S, N) or None; gate: (B, L, D).
+        Returns q, k, v: (B, H, S, N, d); log_decay: (B, H, S, N) or None; gate: SiLU(g_proj(x))
+        (B, L, D).
         """
-        b, n, dim = x.shape
         if cond is not None and cond.shape != x.shape:
             raise ValueError(
                 f"{self.name}: cond shape {tuple(cond.shape)} must equal x shape {tuple(x.shape)}"
             )
-        s, c, h, d = n // self.chunk_size, self.chunk_size, self.num_heads, self.head_dim
         # One matmul for q, k, v, g: cheaper than four on CPU. The decay projection stays
         # separate: a 4D + H wide matmul runs up to 1.6x slower than a 4D one (misaligned).
         y = F.linear(x, self._fused_weight()).float()  # (B, L, 4D)
-        qkv_part, gate = y.split([3 * dim, dim], dim=-1)
-        qkv = qkv_part.view(b, n, 3, dim)  # (B, L, 3, D); gate: (B, L, D)
-        # RMSNorm of q, k and v over the full width D in one pass (a norm has a one-pass
-        # backward, x.square().mean() does not); k's head_dim^-1/2 is folded into its
-        # (B, L, 1, 1) normalising factor rather than spent on a pass of its own.
-        norm = torch.linalg.vector_norm(qkv, dim=-1, keepdim=True)  # (B, L, 3, 1)
-        r = torch.rsqrt(norm.square() / dim + EPS)
-        r = torch.cat([r[:, :, :1], r[:, :, 1:2] * d**-0.5, r[:, :, 2:]], dim=2)
-        qkv = (qkv.view(b, s, c, 3, h, d) * r.view(b, s, c, 3, 1, 1)).permute(3, 0, 4, 1, 2, 5)
-        q, k, v = qkv.contiguous().unbind(0)  # each (B, H, S, N, d)
-
-        log_decay = gate_log_decay(self.decay_proj, x, cond, c) if self.gated else None  # (B, H, S, N)
+        # RMSNorm of q, k, v over the full width D (k times head_dim^-1/2), written into the
+        # (B, H, S, N, d) layout, and SiLU(g): one fused op with a one-pass-per-part backward
+        q, k, v, gate = qkv_norm_gate(y, self.num_heads, self.chunk_size, EPS)
+        log_decay = (gate_log_decay(self.decay_proj, x, cond, self.chunk_size)
+                     if self.gated else None)  # (B, H, S, N)
         return q, k, v, log_decay, gate
 
     def _fused_weight(self) -> torch.Tensor:
@@ -146,14 +139,8 @@ class HybridAttention(AttentionBackend):
         return o.view(b, h, s, n, d)
 
     def _output(self, o: torch.Tensor, gate: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(B, H, S, N, d) mixed values -> per-head RMSNorm -> SiLU gate -> out_proj, (B, L, D)."""
-        b, h, s, n, d = o.shape
-        norm = torch.linalg.vector_norm(o, dim=-1, keepdim=True)  # (B, H, S, N, 1)
-        o = o * torch.rsqrt(norm.square() / d + EPS)  # per-head RMSNorm
-        # The gate comes first so that the product takes its (B, L, D) layout: the head merge
-        # happens inside the multiply instead of in a copy of its own.
-        o = F.silu(gate).view(b, s, n, h, d) * o.permute(0, 2, 3, 1, 4)  # (B, S, N, H, d)
-        return self.out_proj(o.reshape(b, s * n, h * d).to(dtype))
+        """(B, H, S, N, d) mixed values -> per-head RMSNorm -> * SiLU gate -> out_proj, (B, L, D)."""
+        return self.out_proj(head_norm_gate(o, gate, EPS).to(dtype))
 
     # -- the contract -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
