@@ -123,7 +123,7 @@ def _plugins(res: Resolved) -> dict[str, PluginRef]:
 
 
 def _pipeline(res: Resolved, job: Job, device: str, results_dir: Path, rec: RunRecord) -> None:
-    from arflowbench.evaluation import evaluate_final, evaluate_points
+    from arflowbench.evaluation import evaluate_final, evaluate_points, final_point
     from arflowbench.sampling import generate, grid_labels, save_grid
     from arflowbench.train_stage import LOSS_LOG, run_train_stage
 
@@ -155,9 +155,14 @@ def _pipeline(res: Resolved, job: Job, device: str, results_dir: Path, rec: RunR
     metrics.update(nfe=grid.nfe, sampler=s.sampler, cfg_scale=s.cfg_scale,
                    sample_images_per_s=grid.images_per_s)
     # 3. evaluate: during training (snapshots), then the final weights
-    rec.eval_curve = evaluate_points(res, trained, job.runtime, device, art)
+    curve = evaluate_points(res, trained, job.runtime, device, art)
     if res.spec.eval.num_samples:
-        metrics.update(evaluate_final(res, trained.ema, job.runtime, device))
+        quality, speed = evaluate_final(res, trained.ema, job.runtime, device)
+        metrics.update(quality, **speed)
+        # the final weights close the curve when no eval.at point is at the end already
+        if curve and curve[-1].step != res.spec.train.steps:
+            curve.append(final_point(res, quality))
+    rec.eval_curve = curve
     metrics["peak_memory_mb"] = process_peak_memory_mb(device)
     rec.metrics = metrics
 

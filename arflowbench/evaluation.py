@@ -45,16 +45,23 @@ def sample_for_eval(res: Resolved, model, num: int, device: str, progress: bool,
                     batch_size=res.spec.eval.batch_size, progress=progress, what=what)
 
 
-def evaluate_final(res: Resolved, ema, runtime, device: str) -> dict[str, Any]:
-    """The final evaluation: quality metrics plus sampling throughput."""
+def evaluate_final(res: Resolved, ema, runtime, device: str) -> tuple[dict, dict]:
+    """The final evaluation: (quality metrics, sampling throughput)."""
     out = sample_for_eval(res, ema, res.spec.eval.num_samples, device, runtime.progress,
                           f"eval {res.run_id}")
-    metrics = score(res, out, runtime.cache_dir, device)
-    r = out.batch_images_per_s
-    metrics.update(spread("sample_images_per_s", r), eval_num_samples=len(out.images))
+    quality = score(res, out, runtime.cache_dir, device)
+    speed: dict[str, Any] = {**spread("sample_images_per_s", out.batch_images_per_s),
+                             "eval_num_samples": len(out.images)}
     # image-evaluations per second: comparable across samplers with different NFE
-    metrics["sample_image_nfe_per_s"] = metrics["sample_images_per_s"] * out.nfe
-    return metrics
+    speed["sample_image_nfe_per_s"] = speed["sample_images_per_s"] * out.nfe
+    return quality, speed
+
+
+def final_point(res: Resolved, quality: dict[str, Any]) -> EvalPoint:
+    """The final evaluation as the last point of the quality-vs-images-seen curve."""
+    t = res.spec.train
+    return EvalPoint(images_seen=t.steps * t.batch_size, step=t.steps,
+                     num_samples=res.spec.eval.num_samples, metrics=quality)
 
 
 def evaluate_points(res: Resolved, trained: Trained, runtime, device: str,

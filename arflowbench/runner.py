@@ -193,12 +193,17 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
             counts["skipped"] += 1
         else:
             queue.append(p)
+    # cells of one training run back to back: a session that ends early leaves every cell of
+    # the trainings it finished done (artifacts, unlike rows, may not outlive the machine)
+    first: dict[str, int] = {}
+    for p in queue:
+        first.setdefault(p.resolved.train_id, p.cell.index)
+    queue.sort(key=lambda p: (first[p.resolved.train_id], p.cell.index))
     running: dict[int, tuple[Planned, Job, object, int]] = {}
     try:
         with _sigterm_interrupts():
             while queue or running:
-                with _own_writes("starting a cell"):
-                    _start_ready(queue, running, executor, runtime, heads, counts, echo, warn)
+                _start_ready(queue, running, executor, runtime, heads, counts, echo, warn)
                 ended = [i for i, (_, _, handle, _) in running.items() if handle.done()]
                 for i in ended:
                     p, job, handle, before = running.pop(i)
@@ -241,7 +246,9 @@ def _start_ready(queue, running, executor, runtime, heads, counts, echo, warn) -
         echo(f"{head}: running ({p.describe})")
         job = make_job(p, runtime.model_copy(update={"matrix": p.matrix_label}))
         before = _row_count(results_dir / RUNS_FILE, job.run_id)
-        handle = executor.submit(job, run_artifacts(results_dir, job.run_id))
+        art = run_artifacts(results_dir, job.run_id)
+        with _own_writes(f"starting cell {p.cell.index} ({art})"):
+            handle = executor.submit(job, art)
         running[p.cell.index] = (p, job, handle, before)
 
 

@@ -106,7 +106,7 @@ def test_cell_exits_2_with_one_error_when_its_row_cannot_be_written(tmp_path, mo
 
     fake_job = SimpleNamespace(runtime=SimpleNamespace(threads=None))
     monkeypatch.setattr(cell_mod.Job, "model_validate_json", classmethod(lambda c, t: fake_job))
-    monkeypatch.setattr(cell_mod, "run_job", fail)
+    monkeypatch.setattr(cell_mod, "claimed_run", fail)
     assert cell_mod.main([str(job)]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
@@ -122,9 +122,10 @@ def test_runner_stops_with_exit_2_when_its_own_row_cannot_be_written(tiny_disk, 
 
     def dead_cell(self, job, art_dir):  # a cell that died without writing its row
         calls.append(job.run_id)
-        return CellOutcome(-9, "")
+        return SimpleNamespace(done=lambda: True, outcome=lambda: CellOutcome(-9, ""),
+                               stop=lambda: None)
 
-    monkeypatch.setattr(LocalExecutor, "run", dead_cell)
+    monkeypatch.setattr(LocalExecutor, "submit", dead_cell)
     code, out, err = cli_inprocess(monkeypatch, capsys, "run", "--matrix", str(DEBUG_MATRIX),
                                    "--results-dir", str(results), "--no-progress")
     assert code == 2 and len(calls) == 1  # stopped at the first cell

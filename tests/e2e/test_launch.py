@@ -52,7 +52,7 @@ def test_bad_launch_input_is_one_error_line_before_any_work(tmp_path, monkeypatc
         "no-submitit": (["--executor", "submitit"], "--executor submitit needs submitit"),
         "slurm-key": (local, "unknown [slurm] key 'gpus' (known: partition, nodes,"),
         "slurm-flag": ([*local, "--slurm", "nodes=two"], "[slurm] nodes: Input should be"),
-        "cuda": (["--device", "cuda"], "--device cuda: no CUDA device on this machine"),
+        "cuda": (["--device", "cuda"], "--device cuda: no CUDA GPU is available on this machine"),
         "local-max-parallel": (["--max-parallel", "2"], "apply to --executor submitit"),
         "submitit-nproc": ([*local, "--nproc-per-node", "2"], "use --slurm tasks_per_node=N"),
     }
