@@ -12,7 +12,6 @@ import torch
 
 pytest.importorskip("diffusers", reason="pip install 'arflowbench[latents]'")
 
-from arflowbench.cli import main  # noqa: E402
 from arflowbench.data.base import Dataset, to_model_range, to_uint8  # noqa: E402
 from arflowbench.data.latents import Latents  # noqa: E402
 from arflowbench.data.sequences import sample_images  # noqa: E402
@@ -129,18 +128,7 @@ def test_resume_after_interruption_is_byte_identical(env, tmp_path, monkeypatch)
     assert not partial.exists()
 
 
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["arflowbench", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_ranks_split_shards_and_the_last_one_publishes(env, tmp_path, monkeypatch, capsys):
+def test_ranks_split_shards_and_the_last_one_publishes(run_cli, env, tmp_path, monkeypatch, capsys):
     out = tmp_path / "cache"
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
@@ -149,7 +137,7 @@ def test_ranks_split_shards_and_the_last_one_publishes(env, tmp_path, monkeypatc
     shards = prepare.partial_dir(out) / "shards"
     assert sorted(p.name for p in shards.iterdir()) == ["shard-00001.npy", "shard-00003.npy"]
     monkeypatch.setenv("RANK", "0")  # rank 0 through the command line
-    code, stdout, err = run_cli(monkeypatch, capsys, "prepare", "latents", "--vae", str(env["vae"]),
+    code, stdout, err = run_cli("prepare", "latents", "--vae", str(env["vae"]),
                                 "--images", str(env["images"]), "--size", "32", "--out", str(out),
                                 "--shard-size", "5", "--batch-size", "3", "--no-progress")
     assert code == 0 and stdout.strip() == f"wrote {out}", err
@@ -272,12 +260,12 @@ def _bad_cases(env, tmp: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-def test_bad_input_is_one_error_line_and_exit_2(env, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_error_line_and_exit_2(run_cli, env, tmp_path, monkeypatch, capsys):
     for case, (args, expected) in _bad_cases(env, tmp_path).items():
         out = tmp_path / f"out-{case.replace(' ', '-')}"
         if "--out-existing" in args:
             args, out = args[:-1], env["cache"]
-        code, _, err = run_cli(monkeypatch, capsys, "prepare", "latents", *args, "--out", str(out),
+        code, _, err = run_cli("prepare", "latents", *args, "--out", str(out),
                                "--no-progress")
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), (case, err)
@@ -288,11 +276,11 @@ def test_bad_input_is_one_error_line_and_exit_2(env, tmp_path, monkeypatch, caps
     assert LatentCache(env["cache"]).vae["weights_sha256"]  # the existing cache is untouched
 
 
-def test_run_with_a_cache_of_another_size_stops_before_work(env, tmp_path, monkeypatch, capsys):
+def test_run_with_a_cache_of_another_size_stops_before_work(run_cli, env, tmp_path, monkeypatch, capsys):
     matrix = tmp_path / "m.toml"
     matrix.write_text(f'[base]\ndata = {{ name = "latents", options = {{ cache = "{env["cache"]}", '
                       f'size = 128 }} }}\nmodel.patch_size = 2\n')
-    code, _, err = run_cli(monkeypatch, capsys, "validate", "--matrix", str(matrix),
+    code, _, err = run_cli("validate", "--matrix", str(matrix),
                            "--results-dir", str(tmp_path / "r"))
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err

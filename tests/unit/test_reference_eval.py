@@ -5,13 +5,11 @@ test runs the real FID Inception on five images."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from arflowbench.cli import main
 from arflowbench.errors import DataError
 from arflowbench.metrics import inception, reference
 from arflowbench.metrics.reference import evaluate_reference, load_reference
@@ -112,24 +110,13 @@ def test_real_inception_on_five_images(images, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------- CLI
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["arflowbench", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_cli_eval_against_an_adm_batch(images, tmp_path, monkeypatch, capsys):
+def test_cli_eval_against_an_adm_batch(run_cli, images, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(reference, "torch_fidelity_features",
                         lambda *a, **k: (stub_features, STUB_INFO))
     samples = tmp_path / "samples.npz"
     np.savez(samples, nhwc(images), np.arange(40) % 4)  # ADM layout: arr_0 NHWC, arr_1 labels
     ref = adm_batch(tmp_path / "VIRTUAL_tiny_labeled.npz", images)
-    code, out, err = run_cli(monkeypatch, capsys, "eval", "--samples", str(samples), "--reference",
+    code, out, err = run_cli("eval", "--samples", str(samples), "--reference",
                              str(ref), "--cache-dir", str(tmp_path / "cache"))
     assert code == 0, err
     metrics = json.loads(out)
@@ -138,12 +125,12 @@ def test_cli_eval_against_an_adm_batch(images, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("arflowbench.metrics.evaluate.evaluate_samples",
                         lambda imgs, labels, ds, **kw: seen.update(ds=ds.name, split=kw["reference_split"])
                         or {"fid": 0.0})
-    code, out, err = run_cli(monkeypatch, capsys, "eval", "--samples", str(samples), "--reference",
+    code, out, err = run_cli("eval", "--samples", str(samples), "--reference",
                              "digits", "--split", "train")
     assert code == 0 and seen == {"ds": "digits", "split": "train"}, err
 
 
-def test_cli_bad_references_are_one_error_line(images, tmp_path, monkeypatch, capsys):
+def test_cli_bad_references_are_one_error_line(run_cli, images, tmp_path, monkeypatch, capsys):
     samples = tmp_path / "samples.npz"
     np.savez(samples, nhwc(images))
     np.savez(tmp_path / "empty.npz", labels=np.arange(3))
@@ -159,7 +146,7 @@ def test_cli_bad_references_are_one_error_line(images, tmp_path, monkeypatch, ca
         "two references": (["--reference", str(ref), "--dataset", "digits"], "pass one reference"),
     }
     for case, (args, expected) in cases.items():
-        code, _, err = run_cli(monkeypatch, capsys, "eval", "--samples", str(samples), *args)
+        code, _, err = run_cli("eval", "--samples", str(samples), *args)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), (case, err)
         assert expected in lines[0], (case, lines[0])
