@@ -58,12 +58,15 @@ def metric_displays() -> dict[str, Any]:
     from arflowbench.errors import ArflowbenchError
     from arflowbench.plugins import METRIC
 
-    out: dict[str, Any] = {}
+    classes = []
     for name in METRIC.names():
         try:
-            out.update({k: d for k, d in METRIC.load(name).display.items() if k not in out})
+            classes.append(METRIC.load(name))
         except ArflowbenchError:  # a broken plugin: its columns show as plain metrics
             continue
+    out: dict[str, Any] = {}
+    for cls in sorted(classes, key=lambda c: (getattr(c, "display_order", 100), c.name)):
+        out.update({k: d for k, d in cls.display.items() if k not in out})
     return out
 
 

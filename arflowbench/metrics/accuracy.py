@@ -21,6 +21,7 @@ class ClassAccuracy(Metric):
 
     name = "class-accuracy"
     version = 1
+    display_order: ClassVar[int] = 10
     display: ClassVar[dict[str, Display]] = {
         "class_accuracy": Display("class acc.", higher_is_better=True),
     }

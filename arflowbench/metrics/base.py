@@ -118,6 +118,8 @@ class Metric(PluginBase):
     """
 
     display: ClassVar[dict[str, Display]] = {}
+    #: where this metric's columns go in report tables (lower first; ties by name)
+    display_order: ClassVar[int] = 100
 
     def __init__(self, config: PluginBase.Config | None = None):
         self.config = config if config is not None else self.Config()

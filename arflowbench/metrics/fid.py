@@ -24,6 +24,7 @@ class FidelityMetric(Metric):
 
     name = "fidelity"
     version = 1
+    display_order: ClassVar[int] = 0
     display: ClassVar[dict[str, Display]] = {
         "fid": Display("FID", higher_is_better=False, decimals=2),
         "kid_mean": Display("KID", higher_is_better=False, decimals=4),
