@@ -31,7 +31,7 @@ def _rows(rows: list[tuple[str, ...]], widths: tuple[int, ...]) -> list[str]:
     out = []
     for row in rows:
         head = "".join(f"{cell[:w]:<{w}}  " for cell, w in zip(row, widths))
-        lines = textwrap.wrap(row[-1], max(20, _width() - indent)) or [""]
+        lines = textwrap.wrap(row[-1], max(20, _width() - indent - 2)) or [""]
         out.append("  " + head + lines[0])
         out += ["  " + " " * indent + line for line in lines[1:]]
     return out
@@ -108,7 +108,7 @@ def dataset_rows(data_root: Path | None) -> list[dict]:
 
 
 def _datasets(data_root: Path | None) -> list[str]:
-    out = ["datasets (looked for in order: --data-root, $ARFLOWBENCH_DATA, then the places shown):"]
+    out = ["datasets (looked for in --data-root, $ARFLOWBENCH_DATA, then the places shown):"]
     out += _rows([(r["name"], r["status"], "; ".join(r["looked_for"]))
                   for r in dataset_rows(data_root)], (14, 10))
     return out
