@@ -530,7 +530,8 @@ def write_report(results_dir: Path, out_dir: Path, paper_dir: Path | None = None
     rows in ``results_dir``; returns the path of report.md. ``paper_dir`` defaults to the
     shipped ``registry/paper`` (`arflowbench.registry_files`). Warnings (corrupt rows, missing
     files) go to stderr and into the report; nothing is re-run. The folder is built beside
-    ``out_dir`` and swapped in whole (`staged_dir`): a failed or killed report leaves the previous one as it was."""
+    ``out_dir`` and swapped in whole (`staged_dir`): a failed or killed report leaves the
+    previous one as it was."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     loaded = load_results(results_dir)
     published, paper_problems = load_published(paper_dir if paper_dir is not None
