@@ -111,3 +111,21 @@ def test_plain_report_finds_results_dirs_and_prints_the_page(tmp_path, monkeypat
     assert code == 0, err
     assert out.strip() == "wrote results/quickstart/report/index.html (and report.md, report.tex)"
     assert (dest / "report" / "index.html").is_file()
+
+
+def test_progress_bars_follow_the_switch_and_the_terminal(monkeypatch, capsys):
+    from arflowbench import ui
+
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    ui.configure(None)
+    assert not ui.enabled()  # a pipe or a log file: no bars
+    ui.configure(True)
+    try:
+        with ui.count_bar("features", 3) as advance:
+            advance(3)
+        with ui.sample_bar("sample", 4) as update:
+            update(4, 25, 10.0)
+        out = capsys.readouterr().out
+        assert "features" in out and "NFE 25" in out
+    finally:
+        ui.configure(None)
