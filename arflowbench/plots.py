@@ -99,7 +99,8 @@ def loss_curves(curves: Mapping[str, Sequence[Sequence[float]]], labels: Mapping
                     label=None if name in seen else name)
             seen.add(name)
         # Flow-matching losses fall fast early and then slowly: a log axis shows both phases.
-        if np.all(np.concatenate([c[:, 1] for c in series.values()]) > 0):
+        ys = np.concatenate([c[:, 1] for c in series.values()])
+        if np.all(ys > 0) and ys.max() / ys.min() > 10:  # a narrow range reads better linear
             ax.set_yscale("log")
         ax.set(xlabel="training step", ylabel="training loss (smoothed; raw faint)", title=title)
         _legend(ax, len(names))

@@ -77,7 +77,7 @@ EVAL_CONTEXT = {
 DETAIL_METRICS = {
     "classifier_test_accuracy", "extractor_version", "kid_subset_size", "kid_subsets",
     "matmul_peak_flops", "reference_num", "sample_image_nfe_per_s", "train_achieved_flops",
-    "train_flops_per_step", "resumed_from_step",
+    "train_flops_per_step", "resumed_from_step", "classifier_version",
 }
 # Spec-determined or spread values: not averaged over seeds.
 _NOT_AGGREGATED = {"nfe", "param_count", "eval_num_samples", "cfg_scale"}
@@ -421,7 +421,10 @@ def _matrix_blocks(m: str, s: Summary, results_dir: Path, out_dir: Path,
     absent: list[str] = []
     gallery = plots.copy_sample_grids(sub, labels, results_dir, out_dir, problems, absent)
     if gallery:
-        blocks += [("h", 3, "Sample grids (one row per class)"), ("gallery", gallery)]
+        blocks += [("h", 3, "Sample grids"),
+                   ("p", "One row per class, class 0 at the top (the dataset's class order); "
+                         "each row shows the images asked of that class."),
+                   ("gallery", gallery)]
     if absent:
         blocks += [("h", 3, "Sample grids"),
                    ("p", f"{len(absent)} sample grid(s) are not here: run artifacts "
