@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml baselines/local_attention/pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/arflowbench run --matrix registry/matrices/quickstart.toml --results-dir $(RESULTS)
-	$(BIN)/arflowbench report --results-dir $(RESULTS) --out $(RESULTS)/report
+	$(BIN)/arflowbench run --matrix quickstart --results-dir $(RESULTS)
+	$(BIN)/arflowbench report --results-dir $(RESULTS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from arflowbench import ui
 from arflowbench.errors import ArflowbenchError, PluginUnavailableError
 from arflowbench.launch import die_with_parent, world
 from arflowbench.locks import Busy, claim
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()  # a launcher (torchrun) killed by any signal takes this process with it
     argv = sys.argv[1:] if argv is None else argv
     job = Job.model_validate_json(Path(argv[0]).read_text())
+    ui.configure(job.runtime.progress)  # bars deep inside metrics follow --no-progress too
     if job.runtime.threads:
         torch.set_num_threads(job.runtime.threads)
     rank, world_size = world()

@@ -14,18 +14,53 @@ from pathlib import Path
 
 import typer
 
+from arflowbench.cli_bench import bench_app
+from arflowbench.cli_ls import ls
+from arflowbench.cli_options import (
+    DATA_ROOT,
+    DEVICE,
+    MATRIX,
+    PROGRESS,
+    RESULTS,
+    SET,
+    THREADS,
+    load_matrix,
+    progress_enabled,
+    results_dir_for,
+)
 from arflowbench.cli_prepare import prepare_app
 from arflowbench.errors import ArflowbenchError
 from arflowbench.metrics.extractors import extractors_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode="markdown",
                   help="Benchmark and ablation suite for autoregressive flow-matching generators.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write rows to the results store.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(prepare_app, name="prepare")
+app.command("ls")(ls)
 
-RESULTS = typer.Option(Path("results"), "--results-dir", help="results store (runs.jsonl, artifacts/)")
-DATA_ROOT = typer.Option(None, "--data-root", help="dataset files (else $ARFLOWBENCH_DATA)")
+
+def _version(value: bool) -> None:
+    if value:
+        from arflowbench import __version__
+
+        typer.echo(f"arflowbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                     help="print the version and exit"),
+        debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error "
+                                   "instead of one 'error:' line (anywhere on the line)"),
+) -> None:
+    """Benchmark and ablation suite for autoregressive flow-matching generators."""
+
+
+class Cluster(str, Enum):
+    slurm = "slurm"
+    local = "local"
 
 
 class Executor(str, Enum):
@@ -40,8 +75,8 @@ def _runtime(results_dir: Path, data_root: Path | None, **kw):
 
 
 @app.command()
-def validate(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
-             results_dir: Path = RESULTS, data_root: Path | None = DATA_ROOT,
+def validate(matrix: str = MATRIX, results_dir: Path | None = RESULTS,
+             data_root: Path | None = DATA_ROOT, sets: list[str] = SET,
              estimate: bool = typer.Option(False, help="count FLOPs per cell and estimate hours"),
              peak_tflops: float = typer.Option(989.0, help="--estimate: peak TFLOP/s of one device "
                                                "(default: H100 SXM bf16 dense)"),
@@ -49,21 +84,10 @@ def validate(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file
              ) -> None:
     """Expand and check a matrix: one line per cell with its run_id, train_id and what a run
     would do (cached / to train / trained (shared) / shared with an earlier cell)."""
-    from arflowbench.config import Matrix
-    from arflowbench.runner import CACHED, TO_TRAIN, plan
+    from arflowbench.cli_validate import print_plan
 
-    m = Matrix.from_file(matrix)
-    planned = plan(m, _runtime(results_dir, data_root), warn=lambda s: typer.echo(s, err=True))
-    typer.echo(f"{'cell':>4}  {'run_id':12}  {'train_id':12}  {'state':28}  axes")
-    for p in planned:
-        typer.echo(f"{p.cell.index:4d}  {p.resolved.run_id}  {p.resolved.train_id}  "
-                   f"{p.describe:28}  {p.label}")
-    n = {s: sum(p.state == s and not p.resolved.unavailable for p in planned)
-         for s in (CACHED, TO_TRAIN)}
-    trainings = len({p.resolved.train_id for p in planned if p.state == TO_TRAIN})
-    unavailable = sum(bool(p.resolved.unavailable) for p in planned)
-    typer.echo(f"{m.name}: {len(planned)} cells, {len(planned) - n[CACHED] - unavailable} to run "
-               f"({trainings} trainings), {n[CACHED]} cached, {unavailable} unavailable")
+    m = load_matrix(matrix, sets)
+    planned = print_plan(m, _runtime(results_dir_for(results_dir, m.name), data_root))
     if estimate:
         _print_estimate(planned, peak_tflops * 1e12, mfu)
 
@@ -96,18 +120,11 @@ def _print_estimate(planned, peak: float, mfu: float) -> None:
                f"sampling {fmt_flops(total_sample)}, {hours:.1f} device-hours")
 
 
-class Cluster(str, Enum):
-    slurm = "slurm"
-    local = "local"
-
-
 @app.command()
-def run(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
-        results_dir: Path = RESULTS, data_root: Path | None = DATA_ROOT,
-        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+def run(matrix: str = MATRIX, results_dir: Path | None = RESULTS,
+        data_root: Path | None = DATA_ROOT, sets: list[str] = SET, device: str = DEVICE,
         checkpoint_every: int = typer.Option(100, help="steps between checkpoints"),
-        progress: bool = typer.Option(True, help="show progress bars"),
-        threads: int | None = typer.Option(None, help="torch threads per cell process"),
+        progress: bool | None = PROGRESS, threads: int | None = THREADS,
         executor: Executor = typer.Option(Executor.local, help="local subprocesses or submitit"),
         nproc_per_node: int = typer.Option(1, min=1, help="local: processes per cell, under "
                                            "torch.distributed.run (one cell after another)"),
@@ -122,13 +139,13 @@ def run(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file"),
         ) -> None:
     """Train, sample and evaluate every cell of a matrix; finished cells are skipped, cells
     another live process runs are skipped with its pid."""
-    from arflowbench.config import Matrix
     from arflowbench.executors import LocalExecutor
     from arflowbench.runner import run_matrix
 
+    m = load_matrix(matrix, sets)
+    results_dir = results_dir_for(results_dir, m.name)
     rt = _runtime(results_dir, data_root, device=device, checkpoint_every=checkpoint_every,
-                  progress=progress, threads=threads)
-    m = Matrix.from_file(matrix)
+                  progress=progress_enabled(progress), threads=threads)
     if executor is Executor.submitit:
         from arflowbench.slurm import SubmititExecutor
 
@@ -165,103 +182,23 @@ def _check_gpus(device: str, nproc: int) -> None:
 
 
 @app.command()
-def report(results_dir: Path = RESULTS,
-           out: Path | None = typer.Option(None, "--out", help="default: RESULTS/reports"),
-           paper_dir: Path = typer.Option(Path("registry/paper"), help="published numbers")) -> None:
+def report(results_dir: Path | None = typer.Option(
+               None, "--results-dir", help="rows to report; default: every results/NAME/ "
+               "folder holding rows (or the --matrix one)"),
+           matrix: str | None = typer.Option(None, "--matrix", help="report results/NAME/ of this matrix"),
+           out: Path | None = typer.Option(None, "--out", help="default: RESULTS_DIR/report"),
+           paper_dir: Path | None = typer.Option(None, help="published numbers (default: the "
+                                                 "shipped registry/paper)")) -> None:
     """Write report.md, report.tex, plots and index.html from the rows (never re-runs)."""
-    from arflowbench.cli_checks import check_report
+    from arflowbench.cli_checks import check_dir, report_dirs
+    from arflowbench.registry_files import default_report_dir
     from arflowbench.report import write_report
 
-    check_report(results_dir)
-    out = out or results_dir / "reports"
-    page = write_report(results_dir, out, paper_dir if paper_dir.exists() else None)
-    typer.echo(f"wrote {page}")
-
-
-@app.command("ls")
-def list_plugins(as_json: bool = typer.Option(False, "--json", help="JSON list of objects")) -> None:
-    """Every registered plugin: kind, name, version, origin, availability and implementation."""
-    from arflowbench.plugins import all_info
-
-    rows = [r.as_dict() for r in all_info()]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("kind", "name", "version", "origin", "available", "implementation / reason")
-    for r in rows:
-        detail = r["implementation"] if r["available"] else r["reason"]
-        table.add_row(r["kind"], r["name"], str(r["version"]), r["origin"],
-                      "yes" if r["available"] else "no", detail)
-    Console().print(table)
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ArflowbenchError(f"expected comma-separated integers, got {text!r}") from None
-
-
-@bench_app.command("attention")
-def bench_attention(
-        backends: str = typer.Option("", help="comma-separated backends (default: all available)"),
-        s: str = typer.Option("1,2,4,8,16,32,64", "--s", help="images per sequence S"),
-        n: str = typer.Option("16,64,256", "--n", help="tokens per image N"),
-        modes: str = typer.Option("forward,forward_backward,step", help="what to time"),
-        dim: int = 384, heads: int = 6, batch: int = 1, repeats: int = 5, warmup: int = 1,
-        threads: int | None = typer.Option(None, help="torch threads (default: torch's)"),
-        max_call_ms: float = typer.Option(600.0, help="skip configurations predicted slower"),
-        device: str = "cpu", results_dir: Path = RESULTS, progress: bool = True) -> None:
-    """Time attention backends against S, N and mode (A/B interleaved); rows go to bench.jsonl."""
-    from arflowbench.benchmarks.attention import markdown_table, run_attention_bench
-    from arflowbench.cli_checks import check_bench_attention
-
-    names = [b for b in backends.split(",") if b] or None
-    check_bench_attention(names, dim, heads, batch, repeats, warmup, threads, device)
-    rows = run_attention_bench(names, _ints(s), _ints(n),
-                               [m for m in modes.split(",") if m], dim=dim, heads=heads,
-                               batch=batch, repeats=repeats, warmup=warmup, threads=threads,
-                               max_call_ms=max_call_ms, results_dir=results_dir, device=device,
-                               progress=progress)
-    for mode in dict.fromkeys(r["mode"] for r in rows):
-        typer.echo(f"{mode} (median ms)\n" + markdown_table(rows, mode) + "\n")
-
-
-@bench_app.command("sampling")
-def bench_sampling(steps: int = 250, batch: int = 8, flavor: str = "debug", repeats: int = 3,
-                   threads: int | None = None, device: str = "cpu",
-                   results_dir: Path = RESULTS) -> None:
-    """Whole-trajectory sampling ARFlow vs SiT, per-step time and state memory vs position."""
-    from arflowbench.benchmarks.sampling import run_sampling_bench, summary
-    from arflowbench.cli_checks import check_bench_sampling
-
-    check_bench_sampling(steps, batch, flavor, repeats, threads, device)
-    rows = run_sampling_bench(results_dir=results_dir, steps=steps, batch=batch, flavor=flavor,
-                              repeats=repeats, threads=threads, device=device)
-    typer.echo(summary(rows))
-
-
-@bench_app.command("training")
-def bench_training(
-        flavors: str = typer.Option("debug", help="comma-separated model flavors"),
-        variants: str = typer.Option("sit-softmax,arflow-hybrid",
-                                     help="comma-separated formulation-attention pairs"),
-        dataset: str = typer.Option("fashion-mnist", help="training data"),
-        patch_size: int = typer.Option(4, help="patch size (fashion-mnist 32x32, 4: 64 tokens)"),
-        batch: int = typer.Option(40, help="images per step"),
-        repeats: int = typer.Option(10, help="timed steps per variant (interleaved)"),
-        threads: int | None = typer.Option(None, help="torch threads (default: torch's)"),
-        results_dir: Path = typer.Option(Path("results/bench"), "--results-dir",
-                                         help="where bench.jsonl is appended")) -> None:
-    """Training step time, images/s and MFU per flavor, variants timed A/B interleaved."""
-    from arflowbench.benchmarks.training import run_training_bench
-
-    run_training_bench([f for f in flavors.split(",") if f], [v for v in variants.split(",") if v],
-                       dataset=dataset, patch_size=patch_size, batch=batch, repeats=repeats,
-                       threads=threads, results_dir=results_dir, say=typer.echo)
+    check_dir(paper_dir, "--paper-dir")
+    dirs = report_dirs(results_dir, load_matrix(matrix, []).name if matrix else None, out)
+    for d in dirs:
+        page = write_report(d, out or default_report_dir(d), paper_dir)
+        typer.echo(f"wrote {page.parent / 'index.html'} (and report.md, report.tex)")
 
 
 @app.command("eval")
@@ -272,16 +209,21 @@ def eval_samples(
         dataset: str | None = typer.Option(None, "--dataset", help="reference dataset name"),
         extractor: str = typer.Option("inception", help=f"feature extractor: {extractors_help()}"),
         split: str = typer.Option("test", help="reference split"),
-        kid_subset_size: int | None = None, data_root: Path | None = DATA_ROOT,
-        cache_dir: Path | None = None, device: str = "cpu",
+        kid_subset_size: int | None = typer.Option(None, help="images per KID subset (default: "
+                                                   "the metric's own)"),
+        data_root: Path | None = DATA_ROOT,
+        cache_dir: Path | None = typer.Option(None, help="feature and statistics cache "
+                                              "(default: $ARFLOWBENCH_CACHE, else ~/.cache/arflowbench)"),
+        device: str = DEVICE,
         reference_features: bool = typer.Option(
             True, help="reference images' features for KID and precision/recall "
             "(off: FID from ADM statistics only)")) -> None:
     """Score any set of samples with the same metrics as a run (FID, KID, precision, recall)."""
-    from arflowbench.cli_checks import at_least, check_device, check_dir
+    from arflowbench.cli_checks import at_least, check_dir
+    from arflowbench.cli_options import resolve_device
     from arflowbench.metrics.reference import evaluate_file
 
-    check_device(device)
+    device = resolve_device(device)
     check_dir(data_root, "--data-root")
     at_least(2, kid_subset_size=kid_subset_size)
     metrics = evaluate_file(samples, reference, dataset, extractor=extractor, split=split,

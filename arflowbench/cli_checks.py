@@ -67,8 +67,6 @@ def check_bench_attention(backends: list[str] | None, dim: int, heads: int, batc
     for name in backends or ():
         ATTENTION.load(name)  # unknown: an error listing the known names
     check_device(device)
-    if device == "auto":
-        raise ConfigError("--device: give cpu or cuda for a benchmark")
 
 
 def check_bench_sampling(steps: int, batch: int, flavor: str, repeats: int, threads: int | None,
@@ -80,10 +78,29 @@ def check_bench_sampling(steps: int, batch: int, flavor: str, repeats: int, thre
     if flavor not in FLAVORS:
         raise ConfigError(f"--flavor {flavor!r} is not a model flavor (known: {', '.join(FLAVORS)})")
     check_device(device)
-    if device == "auto":
-        raise ConfigError("--device: give cpu or cuda for a benchmark")
 
 
 def check_report(results_dir: Path) -> None:
     """`report` reads an existing results dir (a typo is not an empty report)."""
     check_dir(results_dir, "--results-dir")
+
+
+def report_dirs(results_dir: Path | None, matrix_name: str | None, out: Path | None) -> list[Path]:
+    """The results dirs `report` reads: ``--results-dir``; else ``results/<matrix name>``; else
+    every folder under ``results/`` that holds rows (one report each, so ``--out`` needs one)."""
+    from arflowbench.registry_files import RESULTS_ROOT, default_results_dir
+    from arflowbench.results import BENCH_FILE, RUNS_FILE
+
+    if results_dir is not None or matrix_name is not None:
+        d = results_dir if results_dir is not None else default_results_dir(matrix_name)
+        check_dir(d, "--results-dir")
+        return [d]
+    found = sorted(d for d in RESULTS_ROOT.glob("*")
+                   if d.is_dir() and ((d / RUNS_FILE).exists() or (d / BENCH_FILE).exists()))
+    if not found:
+        raise ConfigError(f"no rows under {RESULTS_ROOT}/ (results/<matrix name>/runs.jsonl): run a "
+                          "matrix first (arflowbench run --matrix quickstart) or pass --results-dir")
+    if out is not None and len(found) > 1:
+        raise ConfigError(f"--out names one folder but {len(found)} results dirs have rows "
+                          f"({', '.join(d.name for d in found)}): add --results-dir or --matrix")
+    return found

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import typer
 
-prepare_app = typer.Typer(no_args_is_help=True, help="Prepare data once (VAE latent caches).")
+prepare_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                         help="Prepare data once (VAE latent caches).")
 
 
 @prepare_app.command("latents")

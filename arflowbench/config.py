@@ -26,14 +26,16 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from arflowbench.errors import ConfigError
-from arflowbench.plugins import format_validation_error
+from arflowbench.plugins import did_you_mean, format_validation_error
 from arflowbench.slurm import SlurmSpec, slurm_spec
 from arflowbench.strict_values import check_fields
 
@@ -56,7 +58,25 @@ class Strict(BaseModel):
         return data
 
 
-class DataSpec(Strict):
+#: spec sections that name a plugin: ``attention = "softmax"`` is ``attention = { name = "softmax" }``
+NAMED_SECTIONS = ("data", "attention", "formulation")
+
+
+def _named(value: Any) -> Any:
+    """A plugin given by name alone (``"softmax"``) as the table it stands for."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+class Named(Strict):
+    """A plugin reference: ``name`` plus its ``options``; a bare string is its name."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return _named(data)
+
+
+class DataSpec(Named):
     name: str = "digits"
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -66,12 +86,12 @@ class ModelSpec(Strict):
     patch_size: int = Field(2, ge=1)
 
 
-class AttentionSpec(Strict):
+class AttentionSpec(Named):
     name: str = "softmax"
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class FormulationSpec(Strict):
+class FormulationSpec(Named):
     name: str = "sit"
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -111,9 +131,10 @@ class SampleSpec(Strict):
     atol: float = Field(1e-6, gt=0)
 
 
-class MetricSpec(Strict):
-    """One metric plugin (``eval.metrics = [{ name = "fidelity", options = {...} }]``); its options
-    are validated by the plugin's own Config (`METRIC.validate_options`)."""
+class MetricSpec(Named):
+    """One metric plugin (``eval.metrics = [{ name = "fidelity", options = {...} }]``, or its name
+    alone: ``metrics = ["class-accuracy"]``); its options are validated by the plugin's own
+    Config (`METRIC.validate_options`)."""
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
@@ -250,6 +271,10 @@ def _flatten_axes(node: Any, prefix: str = "") -> dict[str, list]:
     if isinstance(node, list):
         if not node:
             raise ConfigError(f"axis {prefix!r} has no values")
+        if prefix in NAMED_SECTIONS:  # "attention" = ["softmax", ...]: an axis of names
+            if all(isinstance(v, str) for v in node):
+                return {f"{prefix}.name": node}
+            return {prefix: [_named(v) for v in node]}
         return {prefix: node}
     if not isinstance(node, dict):
         raise ConfigError(f"axis {prefix!r} must be a list of values, got {node!r}")
@@ -263,6 +288,8 @@ def _flatten_values(node: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in node.items():
         key = f"{prefix}.{k}" if prefix else k
+        if key in NAMED_SECTIONS:
+            v = _named(v)
         if isinstance(v, dict):
             out.update(_flatten_values(v, key))
         else:
@@ -307,8 +334,13 @@ class Matrix(Strict):
         """The matrix name results carry: ``name``, or ``name/group`` for a grouped matrix."""
         return f"{self.name}/{cell.group}" if cell.group else self.name
 
+    #: ``--set KEY=VALUE`` overrides (dotted spec path -> value), applied to every cell last
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
     @classmethod
-    def from_file(cls, path: str | Path) -> Matrix:
+    def from_file(cls, path: str | Path, overrides: Sequence[str] = ()) -> Matrix:
+        """Read and validate a matrix file; `overrides` are ``KEY=VALUE`` strings (`parse_set`)
+        checked like the file's own values."""
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"matrix file {path} does not exist")
@@ -326,8 +358,9 @@ class Matrix(Strict):
         allowed = ("name", "base", "axes", "exclude", "on_unavailable", "slurm", "group")
         unknown = set(raw) - set(allowed)
         if unknown:
+            hint = "".join(did_you_mean(k, allowed) for k in sorted(unknown))
             raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} "
-                              f"(allowed: {', '.join(allowed)})")
+                              f"(allowed: {', '.join(allowed)}){hint}")
         if raw.get("on_unavailable", "fail") not in ("fail", "skip"):
             raise ConfigError(f"{path}: on_unavailable must be 'fail' or 'skip', "
                               f"got {raw['on_unavailable']!r}")
@@ -343,16 +376,17 @@ class Matrix(Strict):
             m = cls(name=raw.get("name", path.stem), path=path, base=base,
                     on_unavailable=raw.get("on_unavailable", "fail"),
                     slurm=slurm_spec(raw.get("slurm", {}), str(path)),
-                    axes=_flatten_axes(raw.get("axes", {})), exclude=excludes, groups=groups)
+                    axes=_flatten_axes(raw.get("axes", {})), exclude=excludes, groups=groups,
+                    overrides=dict(parse_set(o) for o in overrides))
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err, str(path))) from None
+            raise ConfigError(format_validation_error(err, str(path), cls)) from None
         m.cells()  # validate every cell now, before any work
         return m
 
     def cells(self) -> list[Cell]:
         where = str(self.path) if self.path else self.name
         if not self.groups:
-            return _expand(self.base, self.axes, self.exclude, where, "", 0)
+            return _expand(self.base, self.axes, self.exclude, where, "", 0, self.overrides)
         out: list[Cell] = []
         names = [g.name for g in self.groups]
         if len(set(names)) < len(names):
@@ -361,7 +395,8 @@ class Matrix(Strict):
             base = copy.deepcopy(self.base)
             for k, v in _flatten_values(g.base).items():
                 _set_dotted(base, k, v)
-            out += _expand(base, g.axes, g.exclude, f"{where} group {g.name!r}", g.name, len(out))
+            out += _expand(base, g.axes, g.exclude, f"{where} group {g.name!r}", g.name, len(out),
+                           self.overrides)
         return out
 
 
@@ -371,19 +406,46 @@ def _group(raw: Any, path: Path) -> MatrixGroup:
     try:
         g = MatrixGroup.model_validate({k: v for k, v in raw.items() if k not in ("axes", "exclude")})
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, f"{path} [[group]]")) from None
+        raise ConfigError(format_validation_error(err, f"{path} [[group]]", MatrixGroup)) from None
     return g.model_copy(update={"axes": _flatten_axes(raw.get("axes", {})),
                                 "exclude": [_flatten_values(e) for e in raw.get("exclude", [])]})
 
 
+def parse_set(text: str) -> tuple[str, Any]:
+    """``--set train.steps=100`` -> ("train.steps", 100). The value is read as a TOML value
+    (numbers, booleans, quoted strings, arrays, inline tables); anything else is a string."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", key):
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted spec key, "
+                          "e.g. train.steps=100")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    top = key.split(".")[0]
+    if top not in RunSpec.model_fields:
+        raise ConfigError(f"--set {key}: unknown key {top!r}{did_you_mean(top, RunSpec.model_fields)}"
+                          f" (known: {', '.join(RunSpec.model_fields)})")
+    return key, parsed
+
+
 def _expand(base: dict, axes: dict[str, list], exclude: list[dict], where: str, group: str,
-            start: int) -> list[Cell]:
-    """The cartesian product of `axes` over `base`, minus the `exclude` matches."""
+            start: int, overrides: dict[str, Any] | None = None) -> list[Cell]:
+    """The cartesian product of `axes` over `base`, minus the `exclude` matches, with
+    `overrides` (``--set``) applied to every cell last."""
     keys = list(axes)
+    for key in overrides or {}:
+        clash = [a for a in keys if a == key or a.startswith(key + ".") or key.startswith(a + ".")]
+        if clash:
+            raise ConfigError(f"{where}: --set {key} changes the axis {clash[0]!r}; "
+                              "an axis lists its values in the matrix")
     out, used = [], set()
     for combo in itertools.product(*(axes[k] for k in keys)):
         tree = copy.deepcopy(base)
         for k, v in zip(keys, combo):
+            _set_dotted(tree, k, v)
+        for k, v in _flatten_values(overrides or {}).items():
             _set_dotted(tree, k, v)
         # a table-valued axis ({name = "arflow"}) is shown and matched by its dotted leaves
         values = _flatten_values(dict(zip(keys, combo)))
@@ -397,7 +459,7 @@ def _expand(base: dict, axes: dict[str, list], exclude: list[dict], where: str, 
             spec = RunSpec.model_validate(tree)
         except ValidationError as err:
             label = ", ".join(f"{k}={v}" for k, v in values.items()) or "base"
-            raise ConfigError(format_validation_error(err, f"{where} [{label}]")) from None
+            raise ConfigError(format_validation_error(err, f"{where} [{label}]", RunSpec)) from None
         out.append(Cell(index=start + len(out), values=values, spec=spec, group=group))
     unused = [exclude[i] for i in range(len(exclude)) if i not in used]
     if unused:

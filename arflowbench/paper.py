@@ -41,11 +41,10 @@ class PaperFile(BaseModel):
 
 
 def default_paper_dir() -> Path | None:
-    """``registry/paper`` of the checkout this package runs from, else of the working dir."""
-    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        if (base / "registry" / "paper").is_dir():
-            return base / "registry" / "paper"
-    return None
+    """The shipped ``registry/paper`` (inside the wheel, or the checkout's)."""
+    from arflowbench.registry_files import paper_dir
+
+    return paper_dir()
 
 
 def load_published(paper_dir: Path | None) -> tuple[pd.DataFrame, list[str]]:

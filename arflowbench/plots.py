@@ -24,6 +24,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 _STYLE = "whitegrid"
 MISSING = "—"  # how tables show a missing value
@@ -60,6 +61,19 @@ def _legend(ax, n: int) -> None:
         ax.legend(fontsize="small")
 
 
+def smooth(y: np.ndarray, frac: float = 0.05) -> np.ndarray:
+    """Bias-corrected exponential moving average over about `frac` of the points (as
+    TensorBoard's smoothing): the trend of a noisy loss without shifting its start."""
+    span = max(1.0, frac * len(y))
+    a = 2.0 / (span + 1.0)
+    out, acc, weight = np.empty_like(y, dtype=float), 0.0, 0.0
+    for i, v in enumerate(y):
+        acc = (1 - a) * acc + a * v
+        weight = (1 - a) * weight + a
+        out[i] = acc / weight
+    return out
+
+
 def loss_curves(curves: Mapping[str, Sequence[Sequence[float]]], labels: Mapping[str, str],
                 title: str, path: Path, groups: Mapping[str, str] | None = None) -> Path | None:
     """Training loss against step, one line per run (keyed by run_id, labelled by its cell).
@@ -79,14 +93,16 @@ def loss_curves(curves: Mapping[str, Sequence[Sequence[float]]], labels: Mapping
         seen: set[str] = set()
         for rid, c in series.items():
             name = keys[rid]
-            ax.plot(c[:, 0], c[:, 1], color=palette[name], lw=1.2, alpha=0.85,
-                    ls="--" if name.endswith("(failed)") else "-",
+            ls = "--" if name.endswith("(failed)") else "-"
+            ax.plot(c[:, 0], c[:, 1], color=palette[name], lw=0.8, alpha=0.2, ls=ls)  # raw, faint
+            ax.plot(c[:, 0], smooth(c[:, 1]), color=palette[name], lw=1.6, ls=ls,
                     label=None if name in seen else name)
             seen.add(name)
         # Flow-matching losses fall fast early and then slowly: a log axis shows both phases.
-        if np.all(np.concatenate([c[:, 1] for c in series.values()]) > 0):
+        ys = np.concatenate([c[:, 1] for c in series.values()])
+        if np.all(ys > 0) and ys.max() / ys.min() > 10:  # a narrow range reads better linear
             ax.set_yscale("log")
-        ax.set(xlabel="training step", ylabel="training loss", title=title)
+        ax.set(xlabel="training step", ylabel="training loss (smoothed; raw faint)", title=title)
         _legend(ax, len(names))
         return _save(fig, path)
 
@@ -112,8 +128,17 @@ def throughput(df: pd.DataFrame, labels: Mapping[str, str], title: str,
                 lo_v = pd.to_numeric(df[lo], errors="coerce").to_numpy(float)
                 hi_v = pd.to_numeric(df[hi], errors="coerce").to_numpy(float)
                 xerr = np.nan_to_num(np.vstack([values - lo_v, hi_v - values]).clip(min=0))
-            ax.barh(ypos, np.nan_to_num(values), xerr=xerr, color=sns.color_palette()[0],
-                    capsize=3)
+            finite = values[np.isfinite(values) & (values > 0)]
+            if len(finite) and finite.max() / finite.min() > 10:
+                # flavors of very different speeds: dots on a log axis keep the slow ones legible
+                ax.errorbar(values, ypos, xerr=xerr, fmt="o", color=sns.color_palette()[0],
+                            capsize=3)
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap
+                name += ", log scale"
+            else:
+                ax.barh(ypos, np.nan_to_num(values), xerr=xerr, color=sns.color_palette()[0],
+                        capsize=3)
             ax.set_yticks(ypos, ylabels, fontsize="small")
             ax.invert_yaxis()
             ax.set(xlabel=name + (" (whiskers: p20-p80)" if xerr is not None else ""), title=name)
@@ -172,9 +197,9 @@ def attention_bench(df: pd.DataFrame, crossovers: pd.DataFrame, value: str, ylab
     labels = list(dict.fromkeys(data["series"]))
     colors = dict(zip(labels, sns.color_palette("tab10", len(labels)), strict=True))
     with sns.axes_style(_STYLE):
-        fig, axes = _figure(len(modes), len(ns), width=4.6, height=3.6)
-        for i, mode in enumerate(modes):
-            for j, n in enumerate(ns):
+        fig, axes = _figure(len(ns), len(modes), width=4.2, height=3.4)
+        for j, mode in enumerate(modes):  # panels side by side: one column per mode
+            for i, n in enumerate(ns):
                 ax = axes[i, j]
                 panel = data[(data["mode"] == mode) & (data["N"] == n)]
                 for label in labels:
@@ -201,7 +226,8 @@ def attention_bench(df: pd.DataFrame, crossovers: pd.DataFrame, value: str, ylab
                     names.append(nm)
         fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 5),
                    fontsize="small", frameon=False)
-        fig.suptitle(title + ("" if crossovers is None else " (dotted: crossover vs softmax)"))
+        fig.suptitle(title + ("" if crossovers is None else " (dotted: crossover vs softmax)"),
+                     fontsize="medium")
         return _save(fig, path)
 
 
@@ -301,7 +327,7 @@ def bench_plots(df: pd.DataFrame, crossovers: pd.DataFrame, plot_dir: Path,
         for value, ylabel, name, marks in (("median_ms", "median time (ms)", "time", cross),
                                            (memory, mem_label, "memory", None)):
             path = _guard(problems, f"attention {name} plot", attention_bench, part, marks,
-                          value, ylabel, f"attention {name} vs S ({desc})",
+                          value, ylabel, f"attention {name} vs S",
                           plot_dir / f"attention_{name}{suffix}.png")
             if path is not None:
                 out.append((f"attention benchmark: {name} vs S ({desc})", path))
@@ -309,10 +335,11 @@ def bench_plots(df: pd.DataFrame, crossovers: pd.DataFrame, plot_dir: Path,
 
 
 def copy_sample_grids(sub: pd.DataFrame, labels: dict[str, str], results_dir: Path, out_dir: Path,
-                      problems: list[str]) -> list[tuple[str, str]]:
+                      problems: list[str], absent: list[str] | None = None) -> list[tuple[str, str]]:
     """Copy each run's sample grid into out_dir/samples/ so the page keeps working when moved.
     Rows are untrusted: a run_id that is not an id, or a grid path that leaves the results dir
-    (``..``, absolute, a link out) or is not an image, is skipped with a warning."""
+    (``..``, absolute, a link out) or is not an image, is skipped with a warning. Grids named by
+    rows but not on disk go to ``absent`` when given (the report says why), else a warning."""
     from arflowbench.results import is_id, path_inside
 
     out, missing = [], []
@@ -332,7 +359,9 @@ def copy_sample_grids(sub: pd.DataFrame, labels: dict[str, str], results_dir: Pa
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
         out.append((f"{labels[r.run_id]} ({r.run_id})", dst.relative_to(out_dir).as_posix()))
-    if missing:  # one line per matrix: artifacts/ is not committed, so this is common
+    if missing and absent is not None:
+        absent += missing
+    elif missing:  # one line per matrix: artifacts/ is not committed, so this is common
         problems.append(f"warning: {len(missing)} sample grid(s) of matrix {sub['matrix'].iloc[0]} "
                         f"not found, e.g. {missing[0]}")
     return out
@@ -412,8 +441,9 @@ def render_latex(blocks: list[Block]) -> str:
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;
-color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
-th,td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f3f3f3}
+color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.85em}
+th,td{border-bottom:1px solid #ddd;padding:.25em .45em;text-align:left;max-width:18em}
+th{background:#f3f3f3}
 .num{text-align:right;font-variant-numeric:tabular-nums}.wrap{overflow-x:auto}
 caption{caption-side:top;text-align:left;font-style:italic;color:#555;padding:.3em 0}
 img{max-width:100%}.gallery{display:flex;flex-wrap:wrap;gap:1em}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import typing
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
@@ -63,14 +64,38 @@ def _import_ref(ref: str) -> Any:
     return obj
 
 
-def format_validation_error(err: ValidationError, where: str) -> str:
-    """Turn a pydantic error into one readable line: `where: field: message; ...`."""
+def _model_at(model: Any, loc: tuple) -> Any:
+    """The pydantic model class reached by following `loc` (field names, list indexes) from
+    `model`, or None where the path leaves typed models (e.g. a free-form options dict)."""
+    for key in loc:
+        if isinstance(key, int):
+            continue  # an index into a list of models: the element type was taken already
+        field = getattr(model, "model_fields", {}).get(key)
+        if field is None:
+            return None
+        ann = field.annotation
+        args = [a for a in typing.get_args(ann) if isinstance(a, type)]
+        model = ann if isinstance(ann, type) else next(iter(args), None)
+    return model if hasattr(model, "model_fields") else None
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` for the closest of `choices`, or ""."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def format_validation_error(err: ValidationError, where: str, model: Any = None) -> str:
+    """Turn a pydantic error into one readable line: `where: field: message; ...`. With the
+    validated `model` class, an unknown key names the closest known key ("did you mean")."""
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(root)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            parent = _model_at(model, tuple(e["loc"][:-1])) if model is not None else None
+            known = parent.model_fields if parent is not None else ()
+            msg = "unknown key" + did_you_mean(str(e["loc"][-1]), known)
         parts.append(f"{loc}: {msg}")
     return f"{where}: " + "; ".join(parts)
 
@@ -209,7 +234,8 @@ class Registry(Generic[T]):
         try:
             cfg = cls.Config(**options)
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err, f"{self.kind} {name!r} options")) from None
+            raise ConfigError(format_validation_error(err, f"{self.kind} {name!r} options",
+                                                      cls.Config)) from None
         return cfg.model_dump(mode="json")
 
     def info(self) -> list[PluginInfo]:

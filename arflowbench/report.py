@@ -80,7 +80,7 @@ EVAL_CONTEXT = {
 DETAIL_METRICS = {
     "classifier_test_accuracy", "extractor_version", "kid_subset_size", "kid_subsets",
     "matmul_peak_flops", "reference_num", "sample_image_nfe_per_s", "train_achieved_flops",
-    "train_flops_per_step", "resumed_from_step",
+    "train_flops_per_step", "resumed_from_step", "classifier_version",
 }
 # Spec-determined or spread values: not averaged over seeds.
 _NOT_AGGREGATED = {"nfe", "param_count", "eval_num_samples", "cfg_scale"}
@@ -266,6 +266,8 @@ def fmt_value(metric: str, v: Any) -> str:
     """One cell of a displayed table: rounding chosen per metric, missing values as a dash."""
     if _missing(v):
         return MISSING
+    if isinstance(v, str) and v.startswith("[") and v.endswith("]"):
+        return v[1:-1] or MISSING  # a list (canonical JSON) reads as its items
     if isinstance(v, (str, bool)) or not isinstance(v, (int, float, np.number)):
         return str(v)
     if isinstance(v, (int, np.integer)) and metric != "param_count":
@@ -419,9 +421,18 @@ def _matrix_blocks(m: str, s: Summary, results_dir: Path, out_dir: Path,
     figs += quality_curves.matrix_quality_plots(m, sub, s.eval_curves, labels, groups,
                                                 metric_displays(), out_dir / "plots", problems)
     blocks += [("img", cap, p.relative_to(out_dir).as_posix()) for cap, p in figs]
-    gallery = plots.copy_sample_grids(sub, labels, results_dir, out_dir, problems)
+    absent: list[str] = []
+    gallery = plots.copy_sample_grids(sub, labels, results_dir, out_dir, problems, absent)
     if gallery:
-        blocks += [("h", 3, "Sample grids"), ("gallery", gallery)]
+        blocks += [("h", 3, "Sample grids"),
+                   ("p", "One row per class, class 0 at the top (the dataset's class order); "
+                         "each row shows the images asked of that class."),
+                   ("gallery", gallery)]
+    if absent:
+        blocks += [("h", 3, "Sample grids"),
+                   ("p", f"{len(absent)} sample grid(s) are not here: run artifacts "
+                         f"({store.ARTIFACTS_DIR}/) are not committed, only rows are. Run the "
+                         f"matrix in this results dir to draw them (e.g. {absent[0]}).")]
     return blocks
 
 
@@ -442,16 +453,38 @@ def _bench_blocks(s: Summary, out_dir: Path, problems: list[str]) -> list[Block]
         figs = plots.bench_plots(timed_rows(att), s.crossovers, out_dir / "plots", problems,
                                  [c for c in _BENCH_CONFIG if c in att])
         blocks += [("img", cap, p.relative_to(out_dir).as_posix()) for cap, p in figs]
-        cols = ["series", "implementation", "mode", "S", "N", *_BENCH_CONFIG, "median_ms",
-                "p20_ms", "p80_ms", "peak_memory_mb", "state_bytes", "status", "reason"]
-        blocks.append(("table", "Attention: all measurements",
-                       _table(att, _present(att, {c: c for c in cols})), True))
+        cols = {c: c for c in ("series", "implementation", "mode", "S", "N", *_BENCH_CONFIG)}
+        cols.update({"median_ms": "median (ms)", "p20_ms": "p20 (ms)", "p80_ms": "p80 (ms)",
+                     "peak_memory_mb": "peak mem (MB)", "state_mb": "state (MB)",
+                     "status": "status", "reason": "reason"})
+        if "state_bytes" in att:  # bytes are unreadable at a glance: MB like every memory column
+            att = att.assign(state_mb=pd.to_numeric(att["state_bytes"], errors="coerce") / 1e6)
+        blocks.append(("table", "Attention: all measurements", _table(att, _present(att, cols)),
+                       True))
     if "sampling" in s.bench and {"measure", "variant"} <= set(s.bench["sampling"].columns):
         blocks += sampling_blocks(s.bench["sampling"], out_dir, problems)
     for kind, df in s.bench.items():
         if kind not in ("attention", "sampling"):
-            blocks += [("h", 2, f"Benchmark: {kind}"),
-                       ("table", f"Benchmark {kind}", _table(df, {c: c for c in df.columns}))]
+            blocks += _other_bench_blocks(kind, df)
+    return blocks
+
+
+#: bench columns that are bookkeeping, not results (the rows keep them)
+_BENCH_BOOKKEEPING = ("bench", "kind", "timestamp", "started", "finished")
+
+
+def _other_bench_blocks(kind: str, df: pd.DataFrame) -> list[Block]:
+    """A benchmark without its own section: the columns that vary, the constant ones said once
+    above the table; long tables start folded."""
+    keep = [c for c in df.columns if c not in _BENCH_BOOKKEEPING and not c.startswith("env")
+            and df[c].notna().any()]
+    same = [c for c in keep if df[c].astype(str).nunique() == 1 and len(df) > 1]
+    vary = [c for c in keep if c not in same]
+    blocks: list[Block] = [("h", 2, f"Benchmark: {kind}")]
+    if same:
+        blocks.append(("p", "Same in every row: " + ", ".join(
+            f"{c} = {fmt_value(c, df[c].dropna().iloc[0])}" for c in same) + "."))
+    blocks.append(("table", f"Benchmark {kind}", _table(df, {c: c for c in vary}), len(df) > 10))
     return blocks
 
 
@@ -475,7 +508,7 @@ def build_blocks(s: Summary, results_dir: Path, out_dir: Path) -> list[Block]:
     the warnings met on the way (missing grids, failed plots) to ``s.problems``."""
     problems = list(s.problems)
     body: list[Block] = []
-    if s.runs.empty:
+    if s.runs.empty and not s.bench:
         body.append(("p", f"No run rows yet in {results_dir / store.RUNS_FILE}: run a matrix "
                           "(arflowbench run ...) and report again."))
     for m in s.axes:
@@ -501,9 +534,10 @@ def load_results(results_dir: Path) -> store.Loaded:
 def write_report(results_dir: Path, out_dir: Path, paper_dir: Path | None = None) -> Path:
     """Write report.md, report.tex, index.html, plots/ and samples/ under ``out_dir`` from the
     rows in ``results_dir``; returns the path of report.md. ``paper_dir`` defaults to the
-    checkout's ``registry/paper``. Warnings (corrupt rows, missing files) go to stderr and into
-    the report; nothing is re-run. The folder is built beside ``out_dir`` and swapped in whole
-    (`staged_dir`): a failed or killed report leaves the previous one as it was."""
+    shipped ``registry/paper`` (`arflowbench.registry_files`). Warnings (corrupt rows, missing
+    files) go to stderr and into the report; nothing is re-run. The folder is built beside
+    ``out_dir`` and swapped in whole (`staged_dir`): a failed or killed report leaves the
+    previous one as it was."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     loaded = load_results(results_dir)
     published, paper_problems = load_published(paper_dir if paper_dir is not None

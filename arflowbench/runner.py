@@ -92,8 +92,10 @@ def check_results_dir(results_dir: Path) -> None:
         raise ConfigError(f"results dir {results_dir} is not writable: {err.strerror}") from None
 
 
-def plan(matrix: Matrix, runtime: RuntimeOptions, warn=_stderr) -> list[Planned]:
-    """Resolve every cell (raising on the first bad one) and say what each will do."""
+def plan(matrix: Matrix, runtime: RuntimeOptions, warn=_stderr,
+         check_data: bool = True) -> list[Planned]:
+    """Resolve every cell (raising on the first bad one) and say what each will do;
+    ``check_data=False`` (`validate` with data missing) checks everything but the data."""
     results_dir = Path(runtime.results_dir)
     loaded = load(results_dir / RUNS_FILE)
     for msg in loaded.problems:
@@ -106,7 +108,7 @@ def plan(matrix: Matrix, runtime: RuntimeOptions, warn=_stderr) -> list[Planned]
     first_train: dict[str, int] = {}
     for cell in matrix.cells():
         try:
-            res = resolve(cell.spec, runtime)
+            res = resolve(cell.spec, runtime, check_data=check_data)
         except ConfigError as err:
             label = ", ".join(f"{k}={v}" for k, v in cell.values.items()) or "(base)"
             raise type(err)(f"{matrix.name} cell {cell.index} [{label}]: {err}") from None

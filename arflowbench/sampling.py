@@ -17,7 +17,7 @@ import torch
 
 from arflowbench.config import SampleSpec
 from arflowbench.data.base import to_uint8
-from arflowbench.ui import progress_bar
+from arflowbench.ui import sample_bar
 
 
 @dataclass
@@ -56,7 +56,7 @@ def generate(formulation, model, labels: torch.Tensor, spec: SampleSpec, dataset
     g = torch.Generator().manual_seed(seed)
     decode = _decoder(dataset)
     out, rates, nfe, t_all = [], [], 0, time.perf_counter()
-    with progress_bar(what, len(labels), progress) as bar:
+    with sample_bar(what, len(labels), progress) as bar:
         for i in range(0, len(labels), batch_size):
             t0 = time.perf_counter()
             chunk = labels[i : i + batch_size].to(device)
@@ -65,8 +65,7 @@ def generate(formulation, model, labels: torch.Tensor, spec: SampleSpec, dataset
             out.append(decode(r.images).cpu())
             rates.append(len(chunk) / (time.perf_counter() - t0))
             nfe = r.nfe
-            if bar:
-                bar(min(i + batch_size, len(labels)), len(labels), float("nan"), rates[-1])
+            bar(min(i + batch_size, len(labels)), nfe, rates[-1])
     if len(rates) > 1:
         rates = rates[1:]  # warm-up batch
     return Sampled(torch.cat(out), labels.cpu(), nfe, rates, time.perf_counter() - t_all)

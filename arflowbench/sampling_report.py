@@ -31,8 +31,7 @@ def _ratio_table(df: pd.DataFrame) -> pd.DataFrame:
         out.append({"flavor": r.flavor, "sampler": f"{r.sampler} {int(r.steps)} steps",
                     "cfg": _fmt(r.cfg_scale, "g"), "batch": str(int(r.batch)),
                     "ARFlow-hybrid / SiT-softmax": _fmt(r.ratio_median, ".3f")
-                    + (f" [{p[0]:.2f}-{p[1]:.2f}]" if p else ""),
-                    "target": _fmt(getattr(r, "target", None), "g")})
+                    + (f" [{p[0]:.2f}-{p[1]:.2f}]" if p else "")})
     return pd.DataFrame(out)
 
 

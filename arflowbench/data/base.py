@@ -134,6 +134,11 @@ class Dataset(PluginBase):
     def check_available(self) -> None:
         """Raise DataError with install instructions if the data is missing."""
 
+    @classmethod
+    def looked_for(cls, data_root: Path | None = None) -> list[str]:
+        """Where this dataset's files are looked for, in order (`arflowbench ls datasets`)."""
+        return ["the folder the matrix names in data.options"]
+
     def load(self, split: str) -> ImageSet:
         """The split as an `ImageSet` (cached in memory)."""
         if split not in self.splits:

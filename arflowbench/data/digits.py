@@ -17,6 +17,10 @@ class Digits(Dataset):
     name = "digits"
     version = 1
 
+    @classmethod
+    def looked_for(cls, data_root=None) -> list[str]:
+        return ["embedded (scikit-learn's digits, offline)"]
+
     class Config(PixelConfig):
         @field_validator("flip")
         @classmethod

@@ -80,6 +80,10 @@ class FashionMNIST(Dataset):
     def check_available(self) -> None:
         self._find_dir()
 
+    @classmethod
+    def looked_for(cls, data_root: Path | None = None) -> list[str]:
+        return [str(p) for p in resolve_root(data_root, DEBIAN_DIR)]
+
     def _load(self, split: str) -> ImageSet:
         root = self._find_dir()
         img_file, lbl_file = FILES[split]

@@ -31,6 +31,10 @@ class ImageFolder(Dataset):
         channels: Literal[1, 3] = 3
         test_every: int = Field(10, ge=2)
 
+    @classmethod
+    def looked_for(cls, data_root: Path | None = None) -> list[str]:
+        return ["the folder the matrix names in data.options.root"]
+
     @property
     def channels(self) -> int:
         return self.config.channels

