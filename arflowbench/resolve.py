@@ -19,6 +19,7 @@ from arflowbench.models.backbone import BACKBONE_VERSION, DiT, count_parameters
 from arflowbench.models.build import build_model
 from arflowbench.models.flavors import FLAVORS
 from arflowbench.plugins import ATTENTION, DATASET, FORMULATION, METRIC, PluginUnavailableError
+from arflowbench.sampling import SAMPLING_VERSION
 from arflowbench.trainer import TRAINER_VERSION
 
 
@@ -109,7 +110,8 @@ def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True) 
         m.check(ds, counts)
     _check_memory(spec, ds)
     # a metric's version enters the hash only when the run evaluates with it
-    versions = {**train_versions, **{f"metric:{m.name}": m.version for m in metrics}}
+    versions = {**train_versions, "sampling": SAMPLING_VERSION,
+                **{f"metric:{m.name}": m.version for m in metrics}}
     return Resolved(spec, run_hash(spec, versions), versions, ds, formulation, param_count,
                     unavailable, avail.implementation, train_hash(spec, train_versions), metrics)
 
