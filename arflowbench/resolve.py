@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from arflowbench.config import MetricSpec, RunSpec, RuntimeOptions, run_hash, train_hash
+from arflowbench.distributed import check_split
 from arflowbench.errors import ConfigError
 from arflowbench.models.backbone import BACKBONE_VERSION, DiT, count_parameters
 from arflowbench.models.build import build_model
@@ -81,6 +82,8 @@ def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True) 
     formulation = form_cls(form_cls.Config(**form_opts))
     formulation.check_sampling(spec.sample.sampler, spec.sample.cfg_scale)
     formulation.items_per_batch(spec.train.batch_size)
+    check_split(spec.train.batch_size, formulation.images_per_item, runtime.world_size,
+                spec.train.grad_accum)
     if check_data:
         formulation.check_data(ds.load("train"))
 
