@@ -209,8 +209,11 @@ def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, tra
     world = world or World()
     snapshots = snapshots or {}
     autocast = autocast_context(device, spec.precision)  # first: a bad pair fails before any work
-    check_split(spec.batch_size, formulation.images_per_item, world.size, spec.grad_accum)
-    slices = micro_slices(formulation.items_per_batch(spec.batch_size), world, spec.grad_accum)
+    slices = [ALL]  # one process, one batch: the formulation's plain loss
+    if world.size * spec.grad_accum > 1:
+        check_split(spec.batch_size, formulation.images_per_item, world.size, spec.grad_accum)
+        slices = micro_slices(formulation.items_per_batch(spec.batch_size), world,
+                              spec.grad_accum)
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(param_groups(model, spec.weight_decay), lr=spec.lr, betas=spec.betas)

@@ -4,6 +4,7 @@ ADM-style sample file written by rank 0."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -118,3 +119,65 @@ def test_batch_not_split_by_ranks_is_one_error_line(tmp_path, monkeypatch, capsy
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert "train.batch_size 16 must be a multiple of world size 2 x train.grad_accum 3" in err
     assert not (results / RUNS_FILE).exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        out += [int(k) for k in kids]
+        todo += [int(k) for k in kids]
+    return out
+
+
+def _rank_pid(root: int, rank: int) -> int | None:
+    for pid in _descendants(root):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"arflowbench.cell" in Path(
+                f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_a_killed_rank_fails_the_cell_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    results = tmp_path / "r"
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(MATRIX.replace("steps = 4, batch_size = 16", "steps = 400, batch_size = 16"))
+    cmd = [*module_argv("arflowbench.cli"), "run", "--matrix", str(matrix), "--results-dir",
+           str(results), "--no-progress", "--threads", "1", "--nproc-per-node", "2",
+           "--device", "cpu", "--checkpoint-every", "5"]
+    proc = subprocess.Popen(cmd, env=safe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(results.glob("artifacts/train/*/checkpoint.pt")):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.2)
+        victim = _rank_pid(proc.pid, 1)
+        assert victim is not None, "rank 1 not found"
+        os.kill(victim, signal.SIGKILL)
+        code = proc.wait(timeout=120)  # no hang: the peer's collective fails, the launcher stops
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the cell hung after one rank was killed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 1
+    rows = load(results / RUNS_FILE).runs
+    assert len(rows) == 1 and rows[0].status == "failed" and rows[0].error, rows
+    rerun = subprocess.run(cmd, env=safe_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    ok = [r for r in load(results / RUNS_FILE).runs if r.status == "ok"]
+    assert len(ok) == 1 and ok[0].metrics["resumed_from_step"] >= 5
