@@ -10,13 +10,20 @@ data, NaN loss), recorded as a failed row; 1 an unexpected crash, recorded as a 
 the traceback's tail; `EXIT_SKIPPED` nothing done: the cell is claimed by another live process,
 or already has an ok row. A process killed by a signal writes nothing: the runner records that.
 
-One cell, one process: the cell holds ``artifacts/<run_id>/.claim`` (`locks.claim`) while it
+One cell, one claim: the cell holds ``artifacts/<run_id>/.claim`` (`locks.claim`) while it
 runs, so a second runner (or a rerun beside an orphan) skips it, naming the holder; a claim left
-by a dead process is taken over with a warning. Under a launcher only rank 0 claims and writes.
+by a dead process is taken over with a warning.
+
+Under a launcher (WORLD_SIZE > 1) the cell joins the process group (`distributed.init_world`):
+every rank runs the pipeline (data-parallel training, sharded sampling); rank 0 alone takes the
+claims, decides for all (skip or run), writes checkpoints, artifacts and the row. A rank that
+dies makes the others fail (closed connection, or the collective timeout), never hang; the
+launcher then stops the rest, and a rerun resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -26,8 +33,9 @@ from typing import Any
 import torch
 
 from arflowbench import ui
+from arflowbench.distributed import World, close_world, init_world, launched_world
 from arflowbench.errors import ArflowbenchError, PluginUnavailableError
-from arflowbench.launch import die_with_parent, world
+from arflowbench.launch import die_with_parent
 from arflowbench.locks import Busy, claim
 from arflowbench.machine import environment_stamp, process_peak_memory_mb
 from arflowbench.resolve import Resolved, resolve
@@ -71,20 +79,18 @@ def _warn(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_job(job: Job, rank: int = 0, world_size: int = 1) -> RunRecord:
-    """Run one cell; returns its record (appended to runs.jsonl by rank 0 only)."""
-    device = job.runtime.resolved_device()
+def run_job(job: Job, world: World | None = None, device: str | None = None) -> RunRecord:
+    """Run one cell (this rank's part of it); returns its record (appended to runs.jsonl by
+    rank 0 only)."""
+    world = world or World()
+    device = device or job.runtime.resolved_device()
     results_dir = Path(job.runtime.results_dir)
     rec = RunRecord(run_id=job.run_id, train_id=job.train_id, status=STATUS_FAILED,
                     matrix=job.runtime.matrix, cell=job.cell,
                     spec=job.spec.model_dump(mode="json"), started=now_iso(),
-                    env=environment_stamp(device))
+                    env={**environment_stamp(device), "world_size": world.size})
     t_start = time.perf_counter()
     try:
-        if world_size > 1:  # each rank would train its own full copy: refuse, loudly
-            raise ArflowbenchError(
-                f"distributed training is not implemented yet: this cell was launched with "
-                f"WORLD_SIZE={world_size}, but the trainer has no DDP; run it as one process")
         res = resolve(job.spec, job.runtime)
         if (res.run_id, res.train_id) != (job.run_id, job.train_id):
             raise ArflowbenchError(f"id mismatch: runner {job.run_id}/{job.train_id}, cell "
@@ -95,7 +101,7 @@ def run_job(job: Job, rank: int = 0, world_size: int = 1) -> RunRecord:
         if res.unavailable:
             raise PluginUnavailableError(f"attention {res.spec.attention.name!r} is "
                                          f"unavailable here: {res.unavailable}")
-        _pipeline(res, job, device, results_dir, rec)
+        _pipeline(res, job, device, results_dir, rec, world)
         rec.status = STATUS_OK
     except ArflowbenchError as err:
         rec.error = f"{type(err).__name__}: {err}"
@@ -104,7 +110,7 @@ def run_job(job: Job, rank: int = 0, world_size: int = 1) -> RunRecord:
         rec.traceback = traceback.format_exc()[-4000:]
     rec.finished = now_iso()
     rec.duration_s = round(time.perf_counter() - t_start, 3)
-    if rank == 0:
+    if world.is_main:
         append(results_dir / RUNS_FILE, rec)
     return rec
 
@@ -123,7 +129,8 @@ def _plugins(res: Resolved) -> dict[str, PluginRef]:
     return out
 
 
-def _pipeline(res: Resolved, job: Job, device: str, results_dir: Path, rec: RunRecord) -> None:
+def _pipeline(res: Resolved, job: Job, device: str, results_dir: Path, rec: RunRecord,
+              world: World) -> None:
     from arflowbench.evaluation import evaluate_final, evaluate_points, final_point
     from arflowbench.sampling import generate, grid_labels, save_grid
     from arflowbench.train_stage import LOSS_LOG, run_train_stage
@@ -131,7 +138,7 @@ def _pipeline(res: Resolved, job: Job, device: str, results_dir: Path, rec: RunR
     art = run_artifacts(results_dir, res.run_id)
     art.mkdir(parents=True, exist_ok=True)
     # 1. train (or reuse the shared training)
-    trained = run_train_stage(res, job, device, _warn)
+    trained = run_train_stage(res, job, device, _warn, world)
     losses = trained.result.losses
     rec.train_stage = trained.stage
     rec.loss_curve = downsample(losses)
@@ -148,18 +155,22 @@ def _pipeline(res: Resolved, job: Job, device: str, results_dir: Path, rec: RunR
     s = res.spec.sample
     labels = grid_labels(res.dataset.num_classes, s.grid_per_class)
     grid = generate(res.formulation, trained.ema, labels, s, res.dataset, device=device,
-                    seed=s.seed, batch_size=len(labels))
-    save_grid(grid.images, s.grid_per_class, art / SAMPLES)
+                    seed=s.seed, batch_size=-(-len(labels) // world.size), world=world)
+    if world.is_main:
+        save_grid(grid.images, s.grid_per_class, art / SAMPLES)
     train_rel = trained.dir.relative_to(results_dir)
     rec.artifacts = {"samples": f"{ARTIFACTS_DIR}/{res.run_id}/{SAMPLES}",
                      "loss_log": f"{train_rel}/{LOSS_LOG}"}
     metrics.update(nfe=grid.nfe, sampler=s.sampler, cfg_scale=s.cfg_scale,
                    sample_images_per_s=grid.images_per_s)
     # 3. evaluate: during training (snapshots), then the final weights
-    curve = evaluate_points(res, trained, job.runtime, device, art)
+    curve = evaluate_points(res, trained, job.runtime, device, art, world)
     if res.spec.eval.num_samples:
-        quality, speed = evaluate_final(res, trained.ema, job.runtime, device)
+        quality, speed = evaluate_final(res, trained.ema, job.runtime, device, world)
         metrics.update(quality, **speed)
+        npz = speed.pop("samples_npz", None)  # rank 0: the ADM-style sample batch
+        if npz:
+            rec.artifacts["samples_npz"] = f"{ARTIFACTS_DIR}/{res.run_id}/{npz}"
         # the final weights close the curve when no eval.at point is at the end already
         if curve and curve[-1].step != res.spec.train.steps:
             curve.append(final_point(res, quality))
@@ -168,10 +179,15 @@ def _pipeline(res: Resolved, job: Job, device: str, results_dir: Path, rec: RunR
     rec.metrics = metrics
 
 
-def claimed_run(job: Job) -> RunRecord | None:
-    """`run_job` under the cell's claim; None (and a line saying why) when there is nothing to
-    do: another live process holds the claim, or the run already has an ok row."""
+def claimed_run(job: Job, world: World | None = None,
+                device: str | None = None) -> RunRecord | None:
+    """`run_job` under the cell's claim (rank 0's, for every rank); None (and a line saying why)
+    when there is nothing to do: another live process holds the claim, or the run already has
+    an ok row. Rank 0 decides and tells the other ranks."""
+    world = world or World()
     results_dir = Path(job.runtime.results_dir)
+    if not world.is_main:
+        return run_job(job, world, device) if world.broadcast(None) else None
 
     def on_stale(holder: str) -> None:
         _warn(f"warning: cell {job.run_id} was claimed by {holder}, which died; taking it over")
@@ -179,10 +195,13 @@ def claimed_run(job: Job) -> RunRecord | None:
     try:
         with claim(run_artifacts(results_dir, job.run_id) / CLAIM, wait=False, on_stale=on_stale):
             if job.run_id in finished_run_ids(results_dir / RUNS_FILE):  # finished meanwhile
+                world.broadcast(False)
                 _warn(f"cell {job.run_id} already has an ok row: nothing to do")
                 return None
-            return run_job(job)
+            world.broadcast(True)
+            return run_job(job, world, device)
     except Busy as busy:
+        world.broadcast(False)
         _warn(f"cell {job.run_id} is held by {busy.holder or 'another process'}: skipped")
         return None
 
@@ -194,17 +213,23 @@ def main(argv: list[str] | None = None) -> int:
     ui.configure(job.runtime.progress)  # bars deep inside metrics follow --no-progress too
     if job.runtime.threads:
         torch.set_num_threads(job.runtime.threads)
-    rank, world_size = world()
+    world, device = World(), None
     try:
-        if world_size > 1:  # rank 0 records the refusal; no rank claims what it will not run
-            rec = run_job(job, rank, world_size)
-        else:
-            rec = claimed_run(job)
-            if rec is None:
-                return EXIT_SKIPPED
+        if launched_world()[1] > 1:
+            world, device = init_world(job.runtime.resolved_device(), job.runtime.dist_timeout_s)
+    except Exception as err:  # noqa: BLE001 - no process group: no rank can write a row
+        print(f"error: rank {os.environ.get('RANK', '?')} could not join the process group: "
+              f"{type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    try:
+        rec = claimed_run(job, world, device)
+        if rec is None:
+            return EXIT_SKIPPED
     except ArflowbenchError as err:  # its own row could not be written (a full disk)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        close_world(world)
     if rec.status == STATUS_OK:
         return 0
     print(f"error: {rec.error}", file=sys.stderr)

@@ -153,14 +153,17 @@ def run(matrix: str = MATRIX, results_dir: Path | None = RESULTS,
             raise ArflowbenchError("--nproc-per-node is for the local executor; with submitit "
                                    "use --slurm tasks_per_node=N (one rank per task)")
         extra = slurm + ([f"partition={slurm_partition}"] if slurm_partition else [])
+        merged = m.slurm.merged(extra)
         ex = SubmititExecutor(results_dir / "submitit", cluster=submitit_cluster.value,
-                              slurm=m.slurm.merged(extra), max_parallel=max_parallel)
+                              slurm=merged, max_parallel=max_parallel)
+        nproc_per_node = (merged.nodes or 1) * (merged.tasks_per_node or 1)  # ranks per cell
     else:
         if max_parallel not in (None, 1) or slurm or slurm_partition:
             raise ArflowbenchError("--max-parallel and --slurm apply to --executor submitit; local "
                                    "cells run one at a time (throughput measured alone)")
         _check_gpus(rt.device, nproc_per_node)
         ex = LocalExecutor(nproc_per_node)
+    rt = rt.model_copy(update={"world_size": nproc_per_node})  # batch split checked per cell
     counts = run_matrix(m, rt, ex, echo=typer.echo, warn=lambda msg: typer.echo(msg, err=True))
     typer.echo(f"{m.name}: {counts['ok']} ok, {counts['failed']} failed, "
                f"{counts['cached']} cached, {counts['skipped']} skipped")

@@ -117,6 +117,10 @@ class TrainSpec(Strict):
     #: CUDA only (a bf16 cell on a CPU device fails at its start)
     precision: Literal[PRECISIONS] = "fp32"  # type: ignore[valid-type]
     seed: int = 0
+    #: micro-batches per optimisation step: the global batch is split into world size x
+    #: grad_accum equal slices whose gradients are averaged, so a batch that does not fit is
+    #: still the same computation (to float rounding). Left out of the hash at 1 (the default).
+    grad_accum: int = Field(1, ge=1)
 
 
 class SampleSpec(Strict):
@@ -202,12 +206,27 @@ class RunSpec(Strict):
         return [p // per_step for p in e.at]
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return json.dumps(_hashed(self.model_dump(mode="json")), sort_keys=True,
+                          separators=(",", ":"))
 
     def train_json(self) -> str:
         """The canonical JSON of what changes the trained weights (the training stage's key)."""
-        part = self.model_dump(mode="json", include=set(TRAIN_FIELDS))
+        part = _hashed(self.model_dump(mode="json", include=set(TRAIN_FIELDS)))
         return json.dumps(part, sort_keys=True, separators=(",", ":"))
+
+
+#: fields added after runs were recorded, hashed only when not at their default (so the ids of
+#: existing runs do not change): section -> {field: default}
+_HASHED_IF_SET = {"train": {"grad_accum": 1}}
+
+
+def _hashed(dump: dict) -> dict:
+    for section, fields in _HASHED_IF_SET.items():
+        part = dump.get(section)
+        for key, default in fields.items():
+            if part is not None and part.get(key) == default:
+                del part[key]
+    return dump
 
 
 #: the RunSpec sections that determine the trained weights; the rest (sample, eval) only say
@@ -228,6 +247,11 @@ class RuntimeOptions(Strict):
     matrix: str = ""
     #: torch intra-op threads per cell process (None: torch's default)
     threads: int | None = Field(None, ge=1)
+    #: processes per cell (--nproc-per-node; Slurm tasks): checked against train.batch_size
+    #: before any work; the cell itself reads its world from the launcher
+    world_size: int = Field(1, ge=1)
+    #: seconds a collective of a multi-process cell waits for its peers before failing
+    dist_timeout_s: float = Field(1800.0, gt=0)
 
     def resolved_device(self) -> str:
         if self.device != "auto":

@@ -14,11 +14,13 @@ import os
 from dataclasses import dataclass
 
 from arflowbench.config import MetricSpec, RunSpec, RuntimeOptions, run_hash, train_hash
+from arflowbench.distributed import check_split
 from arflowbench.errors import ConfigError
 from arflowbench.models.backbone import BACKBONE_VERSION, DiT, count_parameters
 from arflowbench.models.build import build_model
 from arflowbench.models.flavors import FLAVORS
 from arflowbench.plugins import ATTENTION, DATASET, FORMULATION, METRIC, PluginUnavailableError
+from arflowbench.sampling import SAMPLING_VERSION
 from arflowbench.trainer import TRAINER_VERSION
 
 
@@ -82,6 +84,8 @@ def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True) 
     formulation = form_cls(form_cls.Config(**form_opts))
     formulation.check_sampling(spec.sample.sampler, spec.sample.cfg_scale)
     formulation.items_per_batch(spec.train.batch_size)
+    check_split(spec.train.batch_size, formulation.images_per_item, runtime.world_size,
+                spec.train.grad_accum)
     if check_data:
         formulation.check_data(ds.load("train"))
 
@@ -111,7 +115,8 @@ def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True) 
         m.check(ds, counts)
     _check_memory(spec, ds)
     # a metric's version enters the hash only when the run evaluates with it
-    versions = {**train_versions, **{f"metric:{m.name}": m.version for m in metrics}}
+    versions = {**train_versions, "sampling": SAMPLING_VERSION,
+                **{f"metric:{m.name}": m.version for m in metrics}}
     return Resolved(spec, run_hash(spec, versions), versions, ds, formulation, param_count,
                     unavailable, avail.implementation, train_hash(spec, train_versions), metrics)
 

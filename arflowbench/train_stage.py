@@ -8,7 +8,9 @@ samples, metrics) have the same train_id and share ``artifacts/train/<train_id>/
 - ``loss.csv``: the full loss log; ``train.json``: what the training measured (throughput,
   MFU, peak memory), so a cell that reuses the training still reports it;
 - ``.claim``: held while training, so two processes never train the same model twice (the
-  second waits, then reuses the result).
+  second waits, then reuses the result). In a data-parallel cell rank 0 holds it for all ranks
+  and alone writes these files; throughput is the global batch over the step time (the sum
+  over ranks) and MFU is against the peak of all ranks' devices.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 
 from arflowbench.benchmarks.timing import spread
-from arflowbench.locks import claim
+from arflowbench.distributed import World, rank0_claim
 from arflowbench.machine import process_peak_memory_mb
 from arflowbench.metrics.base import atomic_write
 from arflowbench.resolve import Resolved
@@ -60,9 +62,11 @@ class Trained:
         return self.dir / snapshot_name(step)
 
 
-def run_train_stage(res: Resolved, job: Job, device: str,
-                    warn: Callable[[str], None]) -> Trained:
-    """Train `res` (or resume it, or reuse a finished training) under the stage's claim."""
+def run_train_stage(res: Resolved, job: Job, device: str, warn: Callable[[str], None],
+                    world: World | None = None) -> Trained:
+    """Train `res` (or resume it, or reuse a finished training) under the stage's claim
+    (taken by rank 0 for every rank of `world`)."""
+    world = world or World()
     rt = job.runtime
     d = train_artifacts(Path(rt.results_dir), res.train_id)
     steps = set(job.snapshot_steps) | set(res.spec.eval_steps())
@@ -77,24 +81,27 @@ def run_train_stage(res: Resolved, job: Job, device: str,
         warn(f"warning: training {res.train_id} was claimed by {holder}, which died; taking it "
              "over from its last checkpoint")
 
-    with claim(d / CLAIM, on_wait=on_wait, on_stale=on_stale):
+    with rank0_claim(d / CLAIM, world, on_wait=on_wait, on_stale=on_stale):
         data = res.dataset.load("train")
         torch.manual_seed(res.spec.train.seed)  # model init
         model = res.build_model("cpu")
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        with progress_bar(f"train {res.train_id}", res.spec.train.steps, rt.progress) as bar:
+        show = rt.progress and world.is_main
+        with progress_bar(f"train {res.train_id}", res.spec.train.steps, show) as bar:
             ema, tr = train(model, res.formulation, data, res.spec.train, train_id=res.train_id,
                             checkpoint_path=d / CHECKPOINT, device=device,
                             checkpoint_every=rt.checkpoint_every, snapshots=snapshots,
-                            progress=bar)
-        if tr.step_times:  # this process trained: measure and keep what it measured
+                            progress=bar, world=world)
+        if not world.is_main:
+            info = {}
+        elif tr.step_times:  # this process trained: measure and keep what it measured
             info = _measure(res, model, data, device, tr)
             atomic_write(d / TRAIN_INFO, lambda f: f.write(json.dumps(info).encode()))
             atomic_write(d / LOSS_LOG, lambda f: f.write(_loss_csv(tr.losses).encode()))
         else:
             info = _read_info(d)
-        if not (d / DONE).exists():
+        if world.is_main and not (d / DONE).exists():
             atomic_write(d / DONE, lambda f: f.write(f"{res.spec.train.steps}\n".encode()))
     stage = ("shared" if tr.resumed_from == res.spec.train.steps
              else "resumed" if tr.resumed_from is not None else "trained")
@@ -122,24 +129,29 @@ def _measure(res: Resolved, model: nn.Module, data, device: str,
     """Throughput (median and spread over steps), peak memory right after training, and MFU:
     FLOPs of one counted step over the median step time, against the matmul peak."""
     from arflowbench.metrics.throughput import count_flops, matmul_peak_flops, mfu
-    from arflowbench.trainer import step_generator
+    from arflowbench.trainer import micro_slices, step_generator
 
-    batch = res.spec.train.batch_size
+    batch, accum, W = res.spec.train.batch_size, res.spec.train.grad_accum, tr.world_size
     info: dict[str, Any] = {
+        # the global batch over rank 0's step time: the images/s of all ranks together
         **spread("train_images_per_s", [batch / t for t in tr.step_times]),
-        "train_peak_memory_mb": process_peak_memory_mb(device),
+        "train_peak_memory_mb": process_peak_memory_mb(device),  # rank 0's
         "train_steps_timed": len(tr.step_times),
+        "world_size": W,
+        "grad_accum": accum,
     }
     g = step_generator(res.spec.train.seed, 0)
     x, y = res.formulation.make_batch(data, batch, g)
     x, y = x.to(device), y.to(device)
+    rows = micro_slices(len(y), World(0, W), accum)[0]  # one micro-batch, counted W x A times
+    kw = {} if W * accum == 1 else {"rows": rows}
 
     def one_step():
-        res.formulation.training_loss(model, x, y, g)["loss"].backward()
+        res.formulation.training_loss(model, x, y, g, **kw)["loss"].backward()
 
-    flops = count_flops(one_step)
+    flops = count_flops(one_step) * W * accum  # one global step
     model.zero_grad(set_to_none=True)
-    peak = matmul_peak_flops(device)
+    peak = matmul_peak_flops(device) * W  # every rank's device
     achieved = flops / statistics.median(tr.step_times)
     info.update(train_flops_per_step=float(flops), train_achieved_flops=achieved,
                 matmul_peak_flops=peak, mfu=mfu(achieved, peak))

@@ -37,6 +37,7 @@ from arflowbench.data.base import ImageSet, to_model_range
 from arflowbench.data.sequences import ClassGroupedSampler
 from arflowbench.errors import ConfigError
 from arflowbench.formulations.base import (
+    ALL,
     Formulation,
     FormulationConfig,
     SampleResult,
@@ -141,16 +142,17 @@ class ARFlow(Formulation):
 
     # ------------------------------------------------------------------ training
     def training_loss(self, model: GenerativeModel, x: torch.Tensor, y: torch.Tensor,
-                      g: torch.Generator) -> dict:
-        x1 = to_model_range(x)  # (B, S, C, H, W)
-        x0 = randn(x1.shape, g, x1.device)  # own noise per image
-        t = torch.rand(x1.shape[:2], generator=g)  # (B, S): own time per image
+                      g: torch.Generator, rows: slice = ALL) -> dict:
+        # draws for the whole batch (B items), then only `rows` (b items) go through the model
+        x1 = to_model_range(x[rows])  # (b, S, C, H, W)
+        x0 = randn(x.shape, g, x1.device, rows)  # own noise per image
+        t = torch.rand(x.shape[:2], generator=g)  # (B, S): own time per image
         if self.config.ordering == "sorted":
             t = t.sort(dim=1).values  # ascending: the noisiest image (t near 0) first
-        t = t.to(x1.device)
+        t = t[rows].to(x1.device)  # (b, S)
         xt, target = interpolate(self.path, x0, x1, t)
-        y = self.drop_labels(y, model.null_class, g)  # one label per sequence
-        v = model(xt, t, y)  # (B, S, C, H, W), the S images as S chunks
+        y = self.drop_labels(y, model.null_class, g)[rows]  # one label per sequence
+        v = model(xt, t, y)  # (b, S, C, H, W), the S images as S chunks
         err = (v.float() - target).pow(2)
         per_pos = err.detach().mean(dim=(0, 2, 3, 4)).tolist()  # S floats, one sync
         out: dict = {"loss": err.mean()}

@@ -3,10 +3,20 @@ the sampler. The trainer only sees `make_batch` and `training_loss`.
 
 - ``make_batch(data, batch_size, g) -> (x, y)``: x (B, S, C, H, W) uint8 images, y (B,) labels.
   `batch_size` counts images; a formulation with S images per item draws batch_size // S items.
-- ``training_loss(model, x, y, g) -> dict``: ``loss`` (scalar tensor) plus floats to log.
+- ``training_loss(model, x, y, g, rows=ALL) -> dict``: ``loss`` (scalar tensor) plus floats to
+  log. x, y are the whole (global) batch; every random draw (noise, times, label dropout) is made
+  for the whole batch from `g`, then only the items `rows` (a slice of the batch dimension) go
+  through the model and the loss is the mean over them. So the draws of an item never depend on
+  how the batch is split: data-parallel ranks and gradient-accumulation micro-batches that each
+  take equal slices and average their losses compute the loss of the whole batch (`trainer`).
+  With ``rows=ALL`` (the default) it is the plain single-process loss, bit for bit.
 - ``sample(model, labels, steps, sampler, cfg_scale, g) -> SampleResult``: images in [-1, 1]
   and the number of network evaluations (NFE) actually spent, counted per batch row's forward
   (a guided evaluation runs conditional and null halves in one batch and counts once).
+
+- Sampling noise: `g` is a `torch.Generator` or a `RowNoise` (one generator per batch row, what
+  `sampling.generate` passes); draw through `randn` so that row i's noise depends only on its own
+  generator, which makes a sample independent of the batch it was generated in.
 
 ``model`` is a `GenerativeModel` (models/interface.py): a formulation uses only its call, its
 recurrent ``init_state``/``step`` (after checking ``supports_step``), ``null_class``, ``channels``
@@ -27,6 +37,9 @@ from arflowbench.data.base import ImageSet
 from arflowbench.errors import ConfigError
 from arflowbench.models.interface import GenerativeModel
 from arflowbench.plugins import PluginBase
+
+#: `training_loss`'s default `rows`: the whole batch
+ALL = slice(None)
 
 
 @dataclass
@@ -95,7 +108,8 @@ class Formulation(PluginBase):
         raise NotImplementedError
 
     def training_loss(self, model: GenerativeModel, x: torch.Tensor, y: torch.Tensor,
-                      g: torch.Generator) -> dict:
+                      g: torch.Generator, rows: slice = ALL) -> dict:
+        """The loss of items `rows` of the batch (x, y), with draws made for the whole batch."""
         raise NotImplementedError
 
     def sample(self, model: GenerativeModel, labels: torch.Tensor, steps: int, sampler: str,
@@ -104,10 +118,32 @@ class Formulation(PluginBase):
         raise NotImplementedError
 
 
-def randn(shape, g: torch.Generator, device) -> torch.Tensor:
-    """Gaussian noise drawn on the generator's device (CPU) then moved: identical across
-    devices for the same seed."""
-    return torch.randn(shape, generator=g).to(device)
+class RowNoise:
+    """One generator per batch row: row i's draws come from its own generator only, so a row's
+    noise does not depend on the batch size or on its position in the batch.
+
+    `seeds` (B,) ints; `randn((B, ...))` draws each row's (...) from that row's generator."""
+
+    def __init__(self, seeds: list[int]):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape) -> torch.Tensor:
+        if shape[0] != len(self.generators):
+            raise ValueError(f"RowNoise has {len(self.generators)} rows, asked for {shape[0]}")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g)
+                            for g in self.generators])
+
+
+def randn(shape, g: torch.Generator | RowNoise, device, rows: slice = ALL) -> torch.Tensor:
+    """Gaussian noise drawn on the CPU then moved: identical across devices for the same seed.
+    With a `RowNoise`, row by row from each row's generator. `rows`: keep only these rows of
+    the draw (made for the whole `shape`), before moving them."""
+    if isinstance(g, RowNoise):
+        return g.randn(shape)[rows].to(device)
+    return torch.randn(shape, generator=g)[rows].to(device)
 
 
 def guided(v_both: torch.Tensor, cfg_scale: float) -> torch.Tensor:

@@ -51,6 +51,13 @@ def heun(field: VelocityField, x: torch.Tensor, steps: int, g: torch.Generator, 
     return x
 
 
+def randn(shape, g, device) -> torch.Tensor:
+    """`formulations.base.randn` (imported late: base imports this package's plugins)."""
+    from arflowbench.formulations.base import randn as draw
+
+    return draw(shape, g, device)
+
+
 def sde(field: VelocityField, x: torch.Tensor, steps: int, g: torch.Generator, path,
         **_tol) -> torch.Tensor:
     """SDE Euler-Maruyama with SiT's "sigma" diffusion w_t = sigma_t and a final mean step.
@@ -67,7 +74,7 @@ def sde(field: VelocityField, x: torch.Tensor, steps: int, g: torch.Generator, p
     for t0, t1 in zip(ts[:-1], ts[1:]):
         dt = t1 - t0
         d, tt = drift(x, t0)
-        noise = torch.randn(x.shape, generator=g).to(x.device)
+        noise = randn(x.shape, g, x.device)  # per row with a RowNoise: batch-independent
         x = x + d * dt + torch.sqrt(2 * diffusion_sigma(path, tt, x) * dt) * noise
     d, _ = drift(x, ts[-1])
     return x + d * LAST_STEP_SIZE

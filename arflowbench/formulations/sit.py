@@ -16,6 +16,7 @@ from pydantic import Field
 from arflowbench.data.base import ImageSet, to_model_range
 from arflowbench.data.sequences import sample_images
 from arflowbench.formulations.base import (
+    ALL,
     Formulation,
     FormulationConfig,
     SampleResult,
@@ -66,12 +67,13 @@ class SiT(Formulation):
         return x[:, None], y  # (B, 1, C, H, W), (B,)
 
     def training_loss(self, model: GenerativeModel, x: torch.Tensor, y: torch.Tensor,
-                      g: torch.Generator) -> dict:
-        x1 = to_model_range(x)  # (B, 1, C, H, W)
-        x0 = randn(x1.shape, g, x1.device)
-        t = torch.rand(x1.shape[:2], generator=g).to(x1.device)  # (B, 1)
+                      g: torch.Generator, rows: slice = ALL) -> dict:
+        # draws for the whole batch (B items), then only `rows` (b items) go through the model
+        x1 = to_model_range(x[rows])  # (b, 1, C, H, W)
+        x0 = randn(x.shape, g, x1.device, rows)  # (b, 1, C, H, W)
+        t = torch.rand(x.shape[:2], generator=g)[rows].to(x1.device)  # (b, 1)
         xt, target = interpolate(self.path, x0, x1, t)
-        y = self.drop_labels(y, model.null_class, g)
+        y = self.drop_labels(y, model.null_class, g)[rows]  # (b,)
         v = model(xt, t, y)
         return {"loss": (v.float() - target).pow(2).mean()}
 

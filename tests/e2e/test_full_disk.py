@@ -101,7 +101,7 @@ def test_cell_exits_2_with_one_error_when_its_row_cannot_be_written(tmp_path, mo
     job = tmp_path / "job.json"
     job.write_text("{}")
 
-    def fail(_job):
+    def fail(*_args):
         raise ResultsWriteError("could not append a row to runs.jsonl: No space left on device")
 
     fake_job = SimpleNamespace(runtime=SimpleNamespace(threads=None))

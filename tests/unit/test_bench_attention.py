@@ -116,3 +116,22 @@ def test_tensor_bytes_and_peak_memory():
     assert peak.method and peak.mb is not None
     if peak.method.startswith("peak RSS"):
         assert size_mb * 0.9 <= peak.mb <= size_mb * 3
+
+
+def test_a_backend_failing_with_any_error_is_skipped_not_the_sweep(tmp_path, monkeypatch):
+    import arflowbench.benchmarks.attention as bench
+
+    real, linear = bench._make_call, bench.ATTENTION.load("linear")
+
+    def make_call(module, mode, *args):
+        if isinstance(module, linear):
+            raise NotImplementedError("no CPU operator for this backend")  # as xformers on CPU
+        return real(module, mode, *args)
+
+    monkeypatch.setattr(bench, "_make_call", make_call)
+    rows = run_attention_bench(["softmax", "linear"], S_values=(1,), N_values=(4,), dim=16,
+                               heads=2, batch=1, repeats=1, warmup=0, results_dir=tmp_path,
+                               progress=False, max_call_ms=1e9, modes=("forward",))
+    by = {r["backend"]: r for r in rows}
+    assert by["softmax"]["status"] == "ok"
+    assert by["linear"]["status"] == "skipped" and "no CPU operator" in by["linear"]["reason"]
