@@ -50,20 +50,26 @@ def validate(matrix: Path = typer.Option(..., "--matrix", help="matrix TOML file
     """Expand and check a matrix: one line per cell with its run_id, train_id and what a run
     would do (cached / to train / trained (shared) / shared with an earlier cell)."""
     from arflowbench.config import Matrix
-    from arflowbench.runner import CACHED, TO_TRAIN, plan
+    from arflowbench.runner import CACHED, DATA_MISSING, TO_TRAIN, plan
 
     m = Matrix.from_file(matrix)
-    planned = plan(m, _runtime(results_dir, data_root), warn=lambda s: typer.echo(s, err=True))
+    planned = plan(m, _runtime(results_dir, data_root), warn=lambda s: typer.echo(s, err=True),
+                   missing_data_ok=True)
     typer.echo(f"{'cell':>4}  {'run_id':12}  {'train_id':12}  {'state':28}  axes")
-    for p in planned:
-        typer.echo(f"{p.cell.index:4d}  {p.resolved.run_id}  {p.resolved.train_id}  "
-                   f"{p.describe:28}  {p.label}")
+    for p in planned:  # ids of cells without their data are unknown until it is prepared
+        ids = (f"{'-':12}  {'-':12}" if p.state == DATA_MISSING
+               else f"{p.resolved.run_id}  {p.resolved.train_id}")
+        typer.echo(f"{p.cell.index:4d}  {ids}  {p.describe:28}  {p.label}")
     n = {s: sum(p.state == s and not p.resolved.unavailable for p in planned)
-         for s in (CACHED, TO_TRAIN)}
-    trainings = len({p.resolved.train_id for p in planned if p.state == TO_TRAIN})
+         for s in (CACHED, TO_TRAIN, DATA_MISSING)}
+    trainings = len({p.resolved.train_id for p in planned if p.state in (TO_TRAIN, DATA_MISSING)})
     unavailable = sum(bool(p.resolved.unavailable) for p in planned)
     typer.echo(f"{m.name}: {len(planned)} cells, {len(planned) - n[CACHED] - unavailable} to run "
-               f"({trainings} trainings), {n[CACHED]} cached, {unavailable} unavailable")
+               f"({trainings} trainings), {n[CACHED]} cached, {unavailable} unavailable"
+               + (f", {n[DATA_MISSING]} waiting for data" if n[DATA_MISSING] else ""))
+    for msg in dict.fromkeys(line for p in planned if p.resolved.data_missing
+                             for line in p.resolved.data_missing.splitlines()):
+        typer.echo(f"warning: {msg}", err=True)
     if estimate:
         _print_estimate(planned, peak_tflops * 1e12, mfu)
 
