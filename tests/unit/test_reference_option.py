@@ -129,3 +129,23 @@ def test_validate_lists_missing_data_and_run_refuses(tmp_path, monkeypatch, caps
     assert "warning: evaluation reference ref.npz does not exist" in out.err
     assert out.err.strip().splitlines()[-1].startswith("error: latent cache c is not prepared")
     assert not (tmp_path / "r" / "runs.jsonl").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_paper_matrices_validate_here_as_data_missing(size, tmp_path):
+    from pathlib import Path
+
+    from arflowbench.config import Matrix
+    from arflowbench.runner import DATA_MISSING, plan
+
+    path = Path(__file__).resolve().parents[2] / "registry" / "matrices" / f"paper_imagenet{size}.toml"
+    assert "total: training" in path.read_text()  # the header holds the tool's estimate
+    planned = plan(Matrix.from_file(path), RuntimeOptions(results_dir=tmp_path),
+                   warn=lambda s: None, missing_data_ok=True)
+    assert [p.state for p in planned] == [DATA_MISSING] * 4
+    assert [(p.matrix_label, p.resolved.spec.sample.cfg_scale) for p in planned] == [
+        (f"paper-imagenet{size}/{g}", c) for g in ("arflow", "sit") for c in (1.0, 1.5)]
+    ds = planned[0].resolved.dataset
+    assert (ds.channels, ds.image_size, ds.num_classes) == (4, size // 8, 1000)
+    assert len({p.resolved.train_id for p in planned}) == 2  # guidance shares the training
+    assert f"--size {size} --out imagenet{size}-latents" in planned[0].resolved.data_missing
