@@ -51,22 +51,27 @@ def older_rows(m: Matrix, planned, results_dir: Path) -> int:
 
 def print_plan(m: Matrix, rt: RuntimeOptions) -> list:
     """Print the plan of `m` under `rt`; returns the planned cells (for ``--estimate``)."""
-    from arflowbench.runner import CACHED, DUPLICATE, SAME_RUN, TO_TRAIN, plan
+    from arflowbench.runner import CACHED, DATA_MISSING, DUPLICATE, SAME_RUN, TO_TRAIN, plan
+
     problems = missing_data(m, rt)
     for msg in problems:
         _warn(msg)
-    planned = plan(m, rt, warn=_warn, check_data=not problems)
+    planned = plan(m, rt, warn=_warn, check_data=not problems, missing_data_ok=True)
     typer.echo(f"{'cell':>4}  {'run_id':12}  {'train_id':12}  {'state':28}  axes")
-    for p in planned:
-        typer.echo(f"{p.cell.index:4d}  {p.resolved.run_id}  {p.resolved.train_id}  "
-                   f"{p.describe:28}  {p.label}")
+    for p in planned:  # ids of cells without their data are unknown until it is prepared
+        ids = (f"{'-':12}  {'-':12}" if p.state == DATA_MISSING
+               else f"{p.resolved.run_id}  {p.resolved.train_id}")
+        typer.echo(f"{p.cell.index:4d}  {ids}  {p.describe:28}  {p.label}")
+    waiting = [p for p in planned if p.state == DATA_MISSING]
+    for msg in dict.fromkeys(line for p in waiting for line in p.resolved.data_missing.splitlines()):
+        _warn(f"warning: {msg}")
     unavailable = [p for p in planned if p.resolved.unavailable]
     rest = [p for p in planned if not p.resolved.unavailable]
     cached = sum(p.state == CACHED or (p.state == SAME_RUN and p.same_as is None) for p in rest)
     dupes = sum(p.state == DUPLICATE or (p.state == SAME_RUN and p.same_as is not None)
                 for p in rest)
     to_run = len(rest) - cached - dupes
-    trainings = len({p.resolved.train_id for p in rest if p.state == TO_TRAIN})
+    trainings = len({p.resolved.train_id for p in rest if p.state in (TO_TRAIN, DATA_MISSING)})
     older = older_rows(m, rest, Path(rt.results_dir))
     if older:
         _warn(f"note: {older} cell(s) to run have rows from an older code version or spec under "
@@ -74,5 +79,6 @@ def print_plan(m: Matrix, rt: RuntimeOptions) -> list:
               "the cells run again")
     typer.echo(f"{m.name}: {len(planned)} cells, {to_run} to run ({trainings} trainings), "
                f"{cached} cached, {dupes} duplicates, {len(unavailable)} unavailable"
-               + (f"; data missing here: {len(problems)} dataset(s)" if problems else ""))
+               + (f"; data missing here: {len(problems)} dataset(s)" if problems else "")
+               + (f", {len(waiting)} waiting for data" if waiting else ""))
     return planned

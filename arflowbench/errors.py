@@ -36,3 +36,13 @@ class NonFiniteLossError(ArflowbenchError):
 
 class ResultsWriteError(ArflowbenchError):
     """A row or report could not be written (full disk, read-only folder); nothing was left torn."""
+
+
+class DataMissingError(DataError):
+    """Data a run needs has not been prepared on this machine yet (e.g. a latent cache or an
+    evaluation reference on a GPU box). `validate` lists such cells as "data missing" with
+    `hint` (the command to run first); `run` refuses them before any work."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(f"{message}: {hint}" if hint else message)
+        self.hint = hint

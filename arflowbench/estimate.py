@@ -8,6 +8,11 @@ training; sampling: the grid, every evaluation point and the final evaluation). 
 from a stated peak FLOP/s and MFU. The counts run on CPU with the cell's own model, so an XL
 model takes seconds and some GB of memory. For backends with a growing KV cache (softmax in
 ARFlow) the short sampling call undercounts later steps: the estimate is a lower bound there.
+
+A cell whose data is not prepared yet (`Resolved.data_missing`: an ImageNet latent cache checked
+on a laptop) is counted on random model-space data of the dataset's declared geometry (channels,
+side, classes): FLOPs do not depend on the values. A training's count is kept per train_id, so
+cells sharing one (a guidance sweep) count it once.
 """
 
 from __future__ import annotations
@@ -22,6 +27,30 @@ from arflowbench.trainer import step_generator
 
 #: sampler steps of the short counted sampling call
 _COUNT_STEPS = 2
+#: training FLOPs per image, per train_id (a deterministic function of it)
+_TRAIN_FLOPS: dict[str, float] = {}
+#: the last model built, by train_id: cells sharing a training are counted on one build (an
+#: XL model takes a while to initialise on a CPU)
+_LAST_MODEL: dict[str, torch.nn.Module] = {}
+
+
+class GeometryData:
+    """Stands in for a training split that is not on this machine: `per_class` items of every
+    class, drawn as Gaussian model-space tensors of shape (C, H, W) (the `take` protocol of
+    data/base.py)."""
+
+    def __init__(self, shape: tuple[int, int, int], num_classes: int, per_class: int):
+        self.shape, self.num_classes = shape, num_classes
+        self.labels = torch.arange(num_classes).repeat_interleave(per_class)  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_counts(self) -> torch.Tensor:
+        return torch.bincount(self.labels, minlength=self.num_classes)
+
+    def take(self, idx: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn((*idx.shape, *self.shape), generator=g)  # (*idx.shape, C, H, W)
 
 
 @dataclass(frozen=True)
@@ -67,20 +96,34 @@ def _sample_flops_per_image(res: Resolved, model) -> float:
     return flops / max(out["r"].nfe, 1) * nfe_per_step * s.steps
 
 
-def cell_cost(res: Resolved, *, count_training: bool = True) -> CellCost:
-    """Count one cell's FLOPs (see the module docstring)."""
-    torch.manual_seed(0)
-    model = res.build_model("cpu")
-    data = res.dataset.load("train")
-    batch = res.formulation.images_per_item  # one training item: the smallest real batch
+def _train_flops_per_image(res: Resolved, model) -> float:
+    """One training item's forward and backward, counted (the smallest real batch)."""
+    if res.train_id in _TRAIN_FLOPS:
+        return _TRAIN_FLOPS[res.train_id]
+    ds = res.dataset
+    batch = res.formulation.images_per_item
+    data = (GeometryData((ds.channels, ds.image_size, ds.image_size), ds.num_classes, batch)
+            if res.data_missing else ds.load("train"))
     g = step_generator(0, 0)
     x, y = res.formulation.make_batch(data, batch, g)
     model.train()
     train = count_flops(lambda: res.formulation.training_loss(model, x, y, g)["loss"].backward())
     model.zero_grad(set_to_none=True)
     model.eval()
+    _TRAIN_FLOPS[res.train_id] = train / batch
+    return train / batch
+
+
+def cell_cost(res: Resolved, *, count_training: bool = True) -> CellCost:
+    """Count one cell's FLOPs (see the module docstring)."""
+    if res.train_id not in _LAST_MODEL:
+        _LAST_MODEL.clear()
+        torch.manual_seed(0)
+        _LAST_MODEL[res.train_id] = res.build_model("cpu")
+    model = _LAST_MODEL[res.train_id]
+    per_image = _train_flops_per_image(res, model)
     t = res.spec.train
-    return CellCost(params=res.param_count, train_flops_per_image=train / batch,
+    return CellCost(params=res.param_count, train_flops_per_image=per_image,
                     sample_flops_per_image=_sample_flops_per_image(res, model),
                     train_images=t.steps * t.batch_size if count_training else 0,
                     sample_images=sampled_images(res))

@@ -6,6 +6,12 @@ the sampler, guidance, and the data (present on disk, enough images per class). 
 model on the meta device once, so a backend that rejects the geometry (head dim, ...) fails here.
 Availability (e.g. a CUDA-only backend on CPU) is recorded, not raised: `run` fails that one cell
 before training with the reason, `validate` prints it.
+
+The run and training hashes take each plugin's options as its `hash_options` gives them: files
+(a latent cache, an evaluation reference) enter by content digest, so the recorded spec keeps the
+paths while the ids follow the data. With ``missing_data_ok`` (`validate`), data that is not
+prepared yet (`DataMissingError`) is recorded in `Resolved.data_missing` instead of raised; the
+ids are then provisional (from the paths) and the cell cannot run.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 
 from arflowbench.config import MetricSpec, RunSpec, RuntimeOptions, run_hash, train_hash
 from arflowbench.distributed import check_split
-from arflowbench.errors import ConfigError
+from arflowbench.errors import ConfigError, DataMissingError
 from arflowbench.models.backbone import BACKBONE_VERSION, DiT, count_parameters
 from arflowbench.models.build import build_model
 from arflowbench.models.flavors import FLAVORS
@@ -39,6 +45,8 @@ class Resolved:
     train_id: str = ""
     #: the metric plugins the evaluation runs (built from eval.metrics), in order
     metrics: tuple = ()
+    #: data not prepared yet, and what to run first (`missing_data_ok` only); ids provisional
+    data_missing: str | None = None
 
     def build_model(self, device: str = "cpu") -> DiT:
         ds = self.dataset
@@ -49,7 +57,8 @@ class Resolved:
 _DATA_CACHE: dict[tuple, object] = {}
 
 
-def _dataset(spec: RunSpec, runtime: RuntimeOptions, check_data: bool = True):
+def _dataset(spec: RunSpec, runtime: RuntimeOptions, missing: list[str] | None,
+             check_data: bool = True):
     opts = DATASET.validate_options(spec.data.name, spec.data.options)
     key = (spec.data.name, tuple(sorted(opts.items())), str(runtime.data_root))
     if key not in _DATA_CACHE:
@@ -57,18 +66,39 @@ def _dataset(spec: RunSpec, runtime: RuntimeOptions, check_data: bool = True):
         ds = cls(cls.Config(**opts), runtime.data_root)
         if not check_data:  # `validate` with the data missing: geometry only, not cached
             return ds, opts
-        ds.check_available()
+        if not _tolerated(missing, ds.check_available):
+            return ds, opts  # not cached: it may be prepared before the next resolve
         _DATA_CACHE[key] = ds
     return _DATA_CACHE[key], opts
 
 
-def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True) -> Resolved:
+def _tolerated(missing: list[str] | None, fn) -> bool:
+    """Call `fn`; a `DataMissingError` is appended to `missing` (False) when that list is given
+    (`missing_data_ok`), raised otherwise."""
+    if missing is None:
+        fn()
+        return True
+    try:
+        fn()
+    except DataMissingError as err:
+        if str(err) not in missing:
+            missing.append(str(err))
+        return False
+    return True
+
+
+def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True,
+            missing_data_ok: bool = False) -> Resolved:
     if spec.model.flavor not in FLAVORS:
         raise ConfigError(f"unknown model flavor {spec.model.flavor!r} "
                           f"(known: {', '.join(FLAVORS)})")
     att_opts = ATTENTION.validate_options(spec.attention.name, spec.attention.options)
     form_opts = FORMULATION.validate_options(spec.formulation.name, spec.formulation.options)
-    ds, data_opts = _dataset(spec, runtime, check_data)
+    missing: list[str] | None = [] if missing_data_ok else None
+    ds, data_opts = _dataset(spec, runtime, missing, check_data)
+    if not _tolerated(missing, lambda: ds.image_size):  # no geometry without the data
+        raise DataMissingError(f"{missing[0]} (set the dataset's size options to check and "
+                               "estimate before it exists)")
     if ds.image_size % spec.model.patch_size:
         raise ConfigError(f"model.patch_size {spec.model.patch_size} does not divide the "
                           f"{spec.data.name} image size {ds.image_size}")
@@ -86,7 +116,7 @@ def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True) 
     formulation.items_per_batch(spec.train.batch_size)
     check_split(spec.train.batch_size, formulation.images_per_item, runtime.world_size,
                 spec.train.grad_accum)
-    if check_data:
+    if check_data and not missing:
         formulation.check_data(ds.load("train"))
 
     att_cls = ATTENTION.load(spec.attention.name)
@@ -112,13 +142,24 @@ def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True) 
     e = spec.eval
     counts = [n for n in (e.num_samples, (e.at_num_samples or e.num_samples) if e.at else 0) if n]
     for m in metrics if check_data else ():  # checks may read the reference split
-        m.check(ds, counts)
+        _tolerated(missing, lambda m=m: m.check(ds, counts))
     _check_memory(spec, ds)
     # a metric's version enters the hash only when the run evaluates with it
     versions = {**train_versions, "sampling": SAMPLING_VERSION,
                 **{f"metric:{m.name}": m.version for m in metrics}}
-    return Resolved(spec, run_hash(spec, versions), versions, ds, formulation, param_count,
-                    unavailable, avail.implementation, train_hash(spec, train_versions), metrics)
+    hashed = _hashed_spec(spec, ds, metrics)
+    return Resolved(spec, run_hash(hashed, versions), versions, ds, formulation, param_count,
+                    unavailable, avail.implementation, train_hash(hashed, train_versions), metrics,
+                    "\n".join(missing) if missing else None)
+
+
+def _hashed_spec(spec: RunSpec, ds, metrics: tuple) -> RunSpec:
+    """`spec` with each plugin's options as they enter the hashes (`hash_options`)."""
+    update = {"data": spec.data.model_copy(update={"options": ds.hash_options()})}
+    if metrics:  # built from eval.metrics, in order
+        update["eval"] = spec.eval.model_copy(update={"metrics": [
+            MetricSpec(name=m.name, options=m.hash_options()) for m in metrics]})
+    return spec.model_copy(update=update)
 
 
 def _check_memory(spec: RunSpec, ds) -> None:

@@ -40,6 +40,8 @@ from arflowbench.train_stage import is_trained
 #: what `validate` says of a cell
 CACHED, TO_TRAIN, TRAINED, SHARED, DUPLICATE, SAME_RUN = (
     "cached", "to train", "trained (shared)", "shared", "duplicate", "same run")
+#: `validate` only: the cell's data is not prepared on this machine (ids provisional)
+DATA_MISSING = "data missing"
 
 
 @dataclass
@@ -66,6 +68,8 @@ class Planned:
 
     @property
     def describe(self) -> str:
+        if self.state == DATA_MISSING:
+            return DATA_MISSING
         if self.resolved.unavailable:
             return f"unavailable: {self.resolved.unavailable}"
         if self.state == SHARED:
@@ -93,9 +97,11 @@ def check_results_dir(results_dir: Path) -> None:
 
 
 def plan(matrix: Matrix, runtime: RuntimeOptions, warn=_stderr,
-         check_data: bool = True) -> list[Planned]:
+         check_data: bool = True, missing_data_ok: bool = False) -> list[Planned]:
     """Resolve every cell (raising on the first bad one) and say what each will do;
-    ``check_data=False`` (`validate` with data missing) checks everything but the data."""
+    ``check_data=False`` (`validate` with data missing) checks everything but the data. With
+    `missing_data_ok` (`validate`), a cell whose data is not prepared yet is planned as
+    DATA_MISSING (its `resolved.data_missing` says what to run) instead of stopping the plan."""
     results_dir = Path(runtime.results_dir)
     loaded = load(results_dir / RUNS_FILE)
     for msg in loaded.problems:
@@ -108,7 +114,8 @@ def plan(matrix: Matrix, runtime: RuntimeOptions, warn=_stderr,
     first_train: dict[str, int] = {}
     for cell in matrix.cells():
         try:
-            res = resolve(cell.spec, runtime, check_data=check_data)
+            res = resolve(cell.spec, runtime, check_data=check_data,
+                          missing_data_ok=missing_data_ok)
         except ConfigError as err:
             label = ", ".join(f"{k}={v}" for k, v in cell.values.items()) or "(base)"
             raise type(err)(f"{matrix.name} cell {cell.index} [{label}]: {err}") from None
@@ -125,6 +132,8 @@ def plan(matrix: Matrix, runtime: RuntimeOptions, warn=_stderr,
             p.state = TRAINED
         elif res.train_id in first_train:
             p.state, p.same_as = SHARED, first_train[res.train_id]
+        if res.data_missing:
+            p.state = DATA_MISSING
         first_run.setdefault((label, res.run_id), cell.index)
         first_any.setdefault(res.run_id, cell.index)
         if p.state not in (CACHED, DUPLICATE, SAME_RUN):

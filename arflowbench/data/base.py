@@ -98,6 +98,9 @@ class Dataset(PluginBase):
     """Base class of dataset plugins."""
 
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    #: the splits hold pixel images that metrics can read (`ImageSet.images`); False for
+    #: datasets of model-space floats (latents), which metrics must score against a reference
+    has_pixel_images: ClassVar[bool] = True
 
     def __init__(self, config=None, data_root: str | os.PathLike | None = None):
         self.config = config if config is not None else self.Config()
@@ -126,6 +129,12 @@ class Dataset(PluginBase):
         """Model-space samples (N, channels, image_size, image_size) -> uint8 (N, *pixel_shape).
         The one hook between sampling and metrics: pixel datasets map [-1, 1] to [0, 255]."""
         return to_uint8(x)
+
+    def hash_options(self) -> dict:
+        """The options as they enter the run hash (default: as given). A plugin whose options
+        name files replaces the paths by content digests, so a moved folder keeps its run ids;
+        the paths stay in the recorded spec."""
+        return self.config.model_dump(mode="json")
 
     def record_info(self) -> dict:
         """JSON-ready facts a run record should carry about this data (e.g. the VAE)."""

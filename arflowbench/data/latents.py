@@ -10,6 +10,13 @@ in: a training batch stays a pure function of (seed, step), as with pixel datase
 Generated latents go back to images through `Latents.decode` (``vae.decode(z / s)``, batched,
 on the latents' device) with the same VAE that made the cache: its identity (config and weights
 digest) is checked against the cache index before any work.
+
+The run hash takes the cache by content (its index digest and the VAE's weights digest, see
+`hash_options`), never by path: a moved cache keeps its run ids; the paths are in the row.
+Before the cache exists (a matrix checked on a laptop, run on a GPU box), the geometry comes
+from the options (``size``, ``num_classes``) and the VAE's config (SD-VAE's 4 channels and
+factor 8 when it is not at hand), so `validate --estimate` works; a run refuses with the
+`arflowbench prepare latents` command to run first (`DataMissingError`).
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ import torch
 from pydantic import BaseModel, Field
 
 from arflowbench.data.base import FLIP_P, Dataset, to_uint8
-from arflowbench.errors import DataError
+from arflowbench.errors import DataError, DataMissingError
 from arflowbench.latents.cache import LatentCache
+from arflowbench.latents.prepare import INDEX, partial_dir
 from arflowbench.plugins import Availability
 
 
@@ -66,6 +74,9 @@ class Latents(Dataset):
     name = "latents"
     version = 1
     splits: ClassVar[tuple[str, ...]] = ("train",)
+    has_pixel_images: ClassVar[bool] = False
+    #: SD-VAE's geometry, assumed before the cache exists when the VAE folder is not at hand
+    DEFAULT_VAE: ClassVar[tuple[int, int]] = (4, 8)  # latent channels, downsampling factor
 
     class Config(BaseModel):
         model_config = {"extra": "forbid", "frozen": True}
@@ -75,6 +86,9 @@ class Latents(Dataset):
                                 "the cache index. Checked against the cache's VAE digest")
         scaling_factor: float = Field(0.18215, gt=0, description="0.18215 for SD-VAE")
         decode_batch_size: int = Field(32, ge=1)
+        num_classes: int | None = Field(None, ge=1, description="classes the run expects (1000 "
+                                        "for ImageNet); checked against the cache, and gives "
+                                        "the geometry before the cache exists")
 
     def __init__(self, config=None, data_root=None):
         super().__init__(config, data_root)
@@ -109,25 +123,83 @@ class Latents(Dataset):
         return self._cache_obj
 
     @property
+    def prepared(self) -> bool:
+        """The cache is finished (its index exists)."""
+        return (self.cache_path / INDEX).is_file()
+
+    def missing(self) -> DataMissingError:
+        """The error (with the command to run first) of a cache not prepared yet."""
+        if partial_dir(self.cache_path.absolute()).is_dir():
+            hint = "its preparation is unfinished: rerun the same `arflowbench prepare latents` to resume it"
+        else:
+            vae = self.config.vae or "stabilityai/sd-vae-ft-ema"
+            hint = (f"run `arflowbench prepare latents --vae {vae} --images <class-per-folder "
+                    f"images, e.g. ImageNet train/> --size {self.config.size or '<pixels>'} "
+                    f"--out {self.cache_path}` first")
+        return DataMissingError(f"latent cache {self.cache_path} is not prepared", hint)
+
+    def _geometry(self) -> tuple[int, int, int, int]:
+        """(latent channels, latent side, classes, pixel size), from the cache when it exists,
+        else from the options and the VAE config (see the module docstring)."""
+        if self.prepared:
+            c, h, _ = self.cache.latent_shape
+            return c, h, len(self.cache.classes), self.cache.size
+        size, classes = self.config.size, self.config.num_classes
+        if size is None or classes is None:
+            raise self.missing()
+        channels, factor = self._vae_geometry()
+        if size % factor:
+            raise DataError(f"latents size {size} is not a multiple of the VAE's factor {factor}")
+        return channels, size // factor, classes, size
+
+    def _vae_geometry(self) -> tuple[int, int]:
+        from arflowbench.latents.vae import downsample_factor
+
+        cfg_file = Path(self.config.vae or "").expanduser() / "config.json"
+        if self.config.vae and cfg_file.is_file():
+            import json
+
+            cfg = json.loads(cfg_file.read_text())
+            return int(cfg["latent_channels"]), downsample_factor(cfg)
+        return self.DEFAULT_VAE
+
+    @property
     def channels(self) -> int:
-        return self.cache.latent_shape[0]
+        return self._geometry()[0]
 
     @property
     def image_size(self) -> int:
-        return self.cache.latent_shape[1]
+        return self._geometry()[1]
 
     @property
     def num_classes(self) -> int:
-        return len(self.cache.classes)
+        return self._geometry()[2]
 
     @property
     def pixel_shape(self) -> tuple[int, int, int]:
-        return (3, self.cache.size, self.cache.size)
+        return (3, self._geometry()[3], self._geometry()[3])
 
     def check_available(self) -> None:
-        """The cache exists and has the asked size, and its VAE loads and matches (before any
-        training: sampling needs the decoder hours later)."""
+        """The cache exists and has the asked size and classes, and its VAE loads and matches
+        (before any training: sampling needs the decoder hours later)."""
+        if not self.prepared:
+            raise self.missing()
+        classes = len(self.cache.classes)
+        if self.config.num_classes is not None and classes != self.config.num_classes:
+            raise DataError(f"latent cache {self.cache_path} holds {classes} classes, the run "
+                            f"asks for {self.config.num_classes}")
         self.vae()
+
+    def hash_options(self) -> dict[str, Any]:
+        """The cache by content (index and VAE weights digests), not by path; the decoding VAE
+        path is left out (it is checked to be the cache's VAE, so no number depends on it)."""
+        opts = self.config.model_dump(mode="json")
+        opts.pop("vae")
+        cache = opts.pop("cache")
+        opts["cache"] = ({"index_sha256": self.cache.index_sha256,
+                          "vae_weights_sha256": self.cache.vae["weights_sha256"]}
+                         if self.prepared else {"path": cache})  # not prepared: validate only
+        return opts
 
     def _load(self, split: str) -> LatentSet:
         cache = self.cache

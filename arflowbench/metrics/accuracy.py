@@ -36,6 +36,14 @@ class ClassAccuracy(Metric):
             return Availability(False, "", "torch-fidelity is not installed")
         return Availability(True, "dataset classifier (pytorch)")
 
+    def check(self, dataset: Any, sample_counts: list[int]) -> None:
+        """The classifier trains on the dataset's own pixel images: refused, before training,
+        for a dataset that has none (latents)."""
+        if not getattr(dataset, "has_pixel_images", True):
+            raise ConfigError(f"class-accuracy trains its classifier on the dataset's pixel "
+                              f"images; the {dataset.name} dataset holds none: leave it out of "
+                              "eval.metrics (score with fidelity and a reference file)")
+
     def compute(self, samples: torch.Tensor, labels: torch.Tensor | None, dataset: Any, *,
                 cache_dir: str | os.PathLike | None = None, device: str = "cpu") -> dict[str, Any]:
         from arflowbench.metrics.classifier import CLASSIFIER_VERSION

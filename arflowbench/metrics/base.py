@@ -124,6 +124,11 @@ class Metric(PluginBase):
     def __init__(self, config: PluginBase.Config | None = None):
         self.config = config if config is not None else self.Config()
 
+    def hash_options(self) -> dict[str, Any]:
+        """The options as they enter the run hash (default: as given); file options enter by
+        content digest (see `Dataset.hash_options`)."""
+        return self.config.model_dump(mode="json")
+
     def check(self, dataset: Any, sample_counts: list[int]) -> None:
         """Raise `ConfigError` for options that cannot work with `dataset` and these sample
         counts (final evaluation, evaluation points): called before training. Default: none."""
