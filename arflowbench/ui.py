@@ -62,12 +62,13 @@ def _bars(show: bool, *fields: str, counted: bool = True) -> Iterator[Callable[.
         TimeRemainingColumn,
     )
 
+    described = TextColumn("{task.description}", markup=False)  # names from the user, as typed
     if counted:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   *(TextColumn(f) for f in fields), TimeElapsedColumn(), TimeRemainingColumn())
+        columns = (described, BarColumn(), MofNCompleteColumn(), *(TextColumn(f) for f in fields),
+                   TimeElapsedColumn(), TimeRemainingColumn())
     else:
-        columns = (SpinnerColumn(), TextColumn("{task.description}"),
-                   *(TextColumn(f) for f in fields), TimeElapsedColumn())
+        columns = (SpinnerColumn(), described, *(TextColumn(f) for f in fields),
+                   TimeElapsedColumn())
     with Progress(*columns) as progress:
 
         def add(description: str, total: int | None = None, **values: Any) -> Callable[..., Any]:
