@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arflowbench.cell import CLAIM, EXIT_SKIPPED
-from arflowbench.config import Cell, Matrix, RuntimeOptions
+from arflowbench.config import RuntimeOptions
 from arflowbench.errors import ConfigError, ResultsWriteError
 from arflowbench.executors import LocalExecutor
 from arflowbench.locks import peek
+from arflowbench.matrix import Cell, Matrix
 from arflowbench.resolve import Resolved, resolve
 from arflowbench.results import (
     RUNS_FILE,
