@@ -220,12 +220,15 @@ def eval_samples(
         device: str = DEVICE,
         reference_features: bool = typer.Option(
             True, help="reference images' features for KID and precision/recall "
-            "(off: FID from ADM statistics only)")) -> None:
+            "(off: FID from ADM statistics only)"),
+        progress: bool | None = PROGRESS) -> None:
     """Score any set of samples with the same metrics as a run (FID, KID, precision, recall)."""
+    from arflowbench import ui
     from arflowbench.cli_checks import at_least, check_dir
     from arflowbench.cli_options import resolve_device
     from arflowbench.metrics.reference import evaluate_file
 
+    ui.configure(progress_enabled(progress))  # feature bars deep inside the metrics
     device = resolve_device(device)
     check_dir(data_root, "--data-root")
     at_least(2, kid_subset_size=kid_subset_size)

@@ -1,6 +1,9 @@
 """`arflowbench bench ...`: benchmarks that append rows to ``results/bench/bench.jsonl``.
 
-Registered on the main app in `cli.py`; heavy modules load inside the commands.
+Registered on the main app in `cli.py`; heavy modules load inside the commands. Each command
+takes ``--progress/--no-progress`` (default: on when stdout is a terminal): the attention bench
+counts its configurations, the sampling and training benches, which report no counts while
+they time, show a spinner with the time elapsed.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from arflowbench import ui
 from arflowbench.cli_options import BENCH_RESULTS, DEVICE, PROGRESS, THREADS, progress_enabled
 from arflowbench.errors import ArflowbenchError
 
@@ -65,7 +69,7 @@ def bench_sampling(
         flavor: str = typer.Option("debug", help="model flavor (arflowbench ls: flavors)"),
         repeats: int = typer.Option(3, help="timed trajectories per variant (interleaved)"),
         threads: int | None = THREADS, device: str = DEVICE,
-        results_dir: Path = BENCH_RESULTS) -> None:
+        results_dir: Path = BENCH_RESULTS, progress: bool | None = PROGRESS) -> None:
     """Whole-trajectory sampling ARFlow vs SiT, per-step time and state memory vs position."""
     from arflowbench.benchmarks.sampling import run_sampling_bench, summary
     from arflowbench.cli_checks import check_bench_sampling
@@ -73,8 +77,10 @@ def bench_sampling(
 
     device = resolve_device(device)
     check_bench_sampling(steps, batch, flavor, repeats, threads, device)
-    rows = run_sampling_bench(results_dir=results_dir, steps=steps, batch=batch, flavor=flavor,
-                              repeats=repeats, threads=threads, device=device)
+    with ui.activity(f"bench sampling: {flavor}, {steps} steps x batch {batch}, "
+                     f"{repeats} repeats", progress_enabled(progress)):
+        rows = run_sampling_bench(results_dir=results_dir, steps=steps, batch=batch,
+                                  flavor=flavor, repeats=repeats, threads=threads, device=device)
     typer.echo(summary(rows))
 
 
@@ -87,10 +93,14 @@ def bench_training(
         patch_size: int = typer.Option(4, help="patch size (fashion-mnist 32x32, 4: 64 tokens)"),
         batch: int = typer.Option(40, help="images per step"),
         repeats: int = typer.Option(10, help="timed steps per variant (interleaved)"),
-        threads: int | None = THREADS, results_dir: Path = BENCH_RESULTS) -> None:
+        threads: int | None = THREADS, results_dir: Path = BENCH_RESULTS,
+        progress: bool | None = PROGRESS) -> None:
     """Training step time, images/s and MFU per flavor (CPU), variants timed A/B interleaved."""
     from arflowbench.benchmarks.training import run_training_bench
 
-    run_training_bench(_names(flavors), _names(variants), dataset=dataset, patch_size=patch_size,
-                       batch=batch, repeats=repeats, threads=threads, results_dir=results_dir,
-                       say=typer.echo)
+    # one line per variant as each flavor finishes, printed above the spinner
+    with ui.activity(f"bench training: {flavors} x {variants}, {repeats} repeats",
+                     progress_enabled(progress)):
+        run_training_bench(_names(flavors), _names(variants), dataset=dataset,
+                           patch_size=patch_size, batch=batch, repeats=repeats, threads=threads,
+                           results_dir=results_dir, say=typer.echo)

@@ -45,8 +45,8 @@ def resolve_device(device: str) -> str:
 
 def load_matrix(arg: str, sets: list[str]):
     """The `Matrix` named by ``--matrix`` (a file or a shipped name) with ``--set`` applied."""
-    from arflowbench.config import Matrix
     from arflowbench.errors import ConfigError
+    from arflowbench.matrix import Matrix
     from arflowbench.registry_files import matrix_file
 
     m = Matrix.from_file(matrix_file(arg), sets)

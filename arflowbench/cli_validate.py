@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from arflowbench.config import Matrix, RuntimeOptions
+from arflowbench.config import RuntimeOptions
+from arflowbench.matrix import Matrix
 
 
 def _warn(msg: str) -> None:

@@ -1,7 +1,7 @@
 """Rendering for `arflowbench report`: PNG figures, sample-grid copies and the page renderers.
 
 Figures: every plotting function takes plain pandas data (built by
-`arflowbench.report.summarize_rows`), draws one figure, writes one PNG and returns its path.
+`arflowbench.report_summary.summarize_rows`), draws one figure, writes one PNG and returns its path.
 Figures are `matplotlib.figure.Figure` objects on the Agg canvas, never pyplot, so nothing here
 touches global plotting state or needs a display; seaborn styles apply through context managers.
 

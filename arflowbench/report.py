@@ -1,8 +1,10 @@
 """`arflowbench report`: result rows -> tables (Markdown, LaTeX, HTML), plots and sample grids.
 
 The report only reads rows (``runs.jsonl``, ``bench.jsonl``) and published numbers
-(``registry/paper/*.toml``); it never re-runs anything. `summarize_rows` is the pure part (rows in,
-pandas DataFrames out) that tests check; `write_report` renders it into ``out_dir``:
+(``registry/paper/*.toml``); it never re-runs anything. Three modules share the work:
+`report_summary` is the pure part (rows in, pandas DataFrames out: `summarize_rows`, `Summary`)
+that tests check, `report_format` turns values into display strings, and this module builds the
+page as blocks and renders it into ``out_dir`` (`write_report`):
 
 - ``report.md`` / ``report.tex``: per matrix a run table, failed runs with their error, a
   mean +- 95% t-interval table over seeds when the matrix has a seed axis, and a sample-quality
@@ -14,341 +16,74 @@ pandas DataFrames out) that tests check; `write_report` renders it into ``out_di
   path is relative, so the folder can be moved or zipped.
 
 Published numbers are shown in their own section, labelled "published (paper)", never in a
-measured column.
+measured column. The names of `report_summary` and `report_format` stay importable from here.
 """
 
 from __future__ import annotations
 
-import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from arflowbench import plots, quality_curves
 from arflowbench import results as store
 from arflowbench.paper import default_paper_dir, load_published
 from arflowbench.plots import MISSING, render_html, render_latex, render_markdown
-from arflowbench.report_bench import (
-    _BENCH_CONFIG,
-    BASELINE_BACKEND,
-    _bench_tables,
-    _scalar,
-    attention_crossovers,
-    timed_rows,
+from arflowbench.report_bench import _BENCH_CONFIG, BASELINE_BACKEND, timed_rows
+from arflowbench.report_format import (
+    axis_labels,
+    cell_label,
+    display_table,
+    fmt_axis,
+    fmt_ci,
+    fmt_value,
+    present_columns,
+)
+from arflowbench.report_summary import (
+    DETAIL_METRICS,
+    EVAL_CONTEXT,
+    NO_MATRIX,
+    NOT_AGGREGATED,
+    QUALITY_METRICS,
+    RUN_METRICS,
+    Summary,
+    aggregate_seeds,
+    is_seed_axis,
+    metric_columns,
+    metric_displays,
+    summarize_rows,
 )
 from arflowbench.sampling_report import sampling_blocks
 from arflowbench.staged_dir import staged_dir
 
-# Metrics of the run table, in display order, with their column labels.
-RUN_METRICS = {
-    "train_loss_final": "loss (final)", "train_loss_smoothed": "loss (smoothed)",
-    "train_images_per_s": "train img/s", "sample_images_per_s": "sample img/s", "nfe": "NFE",
-    "peak_memory_mb": "peak mem (MB)", "param_count": "params", "mfu": "MFU",
-    "duration_s": "time (s)",
-}
+#: the public names, several defined in `report_summary` / `report_format` (imported from here)
+__all__ = [
+    "DETAIL_METRICS", "EVAL_CONTEXT", "MISSING", "NO_MATRIX", "QUALITY_METRICS", "REPORT_ENTRIES",
+    "RUN_METRICS", "Summary", "aggregate_seeds", "build_blocks", "cell_label", "fmt_axis",
+    "fmt_ci", "fmt_value", "load_results", "metric_columns", "summarize_rows", "write_report",
+]
 
-
-def metric_displays() -> dict[str, Any]:
-    """key -> `Display` of every quality value a registered metric plugin declares (built-in
-    and contributed, in registry order): the report's quality columns come from here."""
-    from arflowbench.errors import ArflowbenchError
-    from arflowbench.plugins import METRIC
-
-    classes = []
-    for name in METRIC.names():
-        try:
-            classes.append(METRIC.load(name))
-        except ArflowbenchError:  # a broken plugin: its columns show as plain metrics
-            continue
-    out: dict[str, Any] = {}
-    for cls in sorted(classes, key=lambda c: (getattr(c, "display_order", 100), c.name)):
-        out.update({k: d for k, d in cls.display.items() if k not in out})
-    return out
-
-
-QUALITY_METRICS = {k: d.label for k, d in metric_displays().items()}
-# Settings recorded with the evaluation: in the table header when constant, else a column.
-EVAL_CONTEXT = {
-    "feature_extractor": "feature extractor", "eval_num_samples": "samples",
-    "sampler": "sampler", "cfg_scale": "cfg scale",
-}
-# Recorded in every row for provenance, too detailed for the run table (rows keep them).
-DETAIL_METRICS = {
-    "classifier_test_accuracy", "extractor_version", "kid_subset_size", "kid_subsets",
-    "matmul_peak_flops", "reference_num", "sample_image_nfe_per_s", "train_achieved_flops",
-    "train_flops_per_step", "resumed_from_step", "classifier_version",
-}
-# Spec-determined or spread values: not averaged over seeds.
-_NOT_AGGREGATED = {"nfe", "param_count", "eval_num_samples", "cfg_scale"}
-_SPREAD_SUFFIXES = ("_p20", "_p80")
-NO_MATRIX = "(no matrix)"
 #: what a report folder holds (`--out` is replaced as a whole, so nothing else may be in it)
 REPORT_ENTRIES = ("report.md", "report.tex", "index.html", "plots", "samples")
 
 
-# ----------------------------------------------------------------------------- summarising rows
-@dataclass
-class Summary:
-    """Everything the report shows, as DataFrames (no formatting)."""
-
-    #: one row per run_id (its latest row): matrix, run_id, status, axis columns, metrics, ...
-    runs: pd.DataFrame
-    #: matrix -> its axis columns (the cell keys), in first-seen order
-    axes: dict[str, list[str]]
-    #: matrix -> mean / 95% CI half-width / count over seed axes (matrices with a seed axis)
-    seeds: dict[str, pd.DataFrame]
-    #: run_id -> [[step, loss], ...]
-    curves: dict[str, list]
-    #: run_id -> [EvalPoint, ...] (quality vs images seen)
-    eval_curves: dict[str, list]
-    #: bench kind -> its rows (latest per configuration)
-    bench: dict[str, pd.DataFrame]
-    #: attention backends' crossover S against softmax, one row per (config, mode, N, series)
-    crossovers: pd.DataFrame
-    #: published (paper) numbers
-    published: pd.DataFrame
-    #: warnings about skipped rows or files
-    problems: list[str] = field(default_factory=list)
-
-
-def is_seed_axis(key: str) -> bool:
-    """Axes named ``seed`` or ``*.seed`` are repeats, aggregated over in the seed tables."""
-    return key == "seed" or key.endswith(".seed")
-
-
-def _first_line(text: Any) -> str | None:
-    if not text:
-        return None
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else None
-
-
-def _run_record(row: store.RunRecord, reserved: set[str]) -> dict[str, Any]:
-    rec: dict[str, Any] = {"matrix": row.matrix or NO_MATRIX, "run_id": row.run_id,
-                           "status": row.status, "train_id": row.train_id}
-    for key, value in row.cell.items():
-        rec[key if key not in reserved else f"axis:{key}"] = _scalar(value)
-    for key, value in row.metrics.items():
-        rec.setdefault(key, _scalar(value))
-    # Fall back on the spec for settings the FID plots need when metrics lack them.
-    if rec.get("cfg_scale") is None:
-        rec["cfg_scale"] = row.setting("sample.cfg_scale")
-    rec["train_steps"] = row.setting("train.steps")
-    att = row.plugins.get("attention")
-    rec["attention_impl"] = att.implementation if att and att.implementation else None
-    rec["duration_s"] = row.duration_s
-    rec["error"] = _first_line(row.error)
-    rec["samples"] = row.artifacts.get("samples")
-    rec["finished"] = row.finished
-    return rec
-
-
-_RESERVED = {"matrix", "run_id", "train_id", "status", "train_steps", "attention_impl", "duration_s", "error",
-             "samples", "finished", *RUN_METRICS, *QUALITY_METRICS, *EVAL_CONTEXT}
-
-
-def _numeric(df: pd.DataFrame, skip: set[str]) -> pd.DataFrame:
-    """Convert columns whose non-null values are all numbers (not bools) to float."""
-    for col in df.columns:
-        if col in skip:
-            continue
-        vals = df[col].dropna()
-        if len(vals) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                             for v in vals):
-            df[col] = pd.to_numeric(df[col], errors="coerce")
-    return df
-
-
-def summarize_rows(run_rows: list[store.RunRecord], bench_rows: list[store.BenchRecord] = (),
-                   published: pd.DataFrame | None = None) -> Summary:
-    """Turn records into DataFrames. Later rows for a run_id supersede earlier ones in the same
-    matrix (a failed run rerun ok); the run keeps its first position so tables stay stable
-    across reruns. One run recorded under two matrices (groups) shows in both."""
-    problems: list[str] = []
-    latest: dict[tuple[str, str], store.RunRecord] = {}
-    for row in run_rows:
-        latest[(row.matrix, row.run_id)] = row
-    axes: dict[str, list[str]] = {}
-    for row in latest.values():
-        cols = axes.setdefault(row.matrix or NO_MATRIX, [])
-        for key in row.cell:
-            col = key if key not in _RESERVED else f"axis:{key}"
-            if col not in cols:
-                cols.append(col)
-    for m, cols in axes.items():  # rows store keys sorted; seeds go last as the repeat axis
-        axes[m] = [c for c in cols if not is_seed_axis(c)] + [c for c in cols if is_seed_axis(c)]
-    runs = pd.DataFrame([_run_record(r, _RESERVED) for r in latest.values()])
-    if not runs.empty:
-        runs = _numeric(runs, {"matrix", "run_id", "status"} | {a for v in axes.values()
-                                                                   for a in v})
-    curves = {r.run_id: r.loss_curve for r in latest.values()}
-    eval_curves = {r.run_id: r.eval_curve for r in latest.values() if r.eval_curve}
-    seeds = {m: aggregate_seeds(runs[runs["matrix"] == m], a) for m, a in axes.items()
-             if any(is_seed_axis(x) for x in a)}
-    bench = _bench_tables(bench_rows, problems)
-    crossovers = attention_crossovers(bench.get("attention", pd.DataFrame()))
-    return Summary(runs=runs, axes=axes, seeds=seeds, curves=curves, eval_curves=eval_curves,
-                   bench=bench,
-                   crossovers=crossovers,
-                   published=published if published is not None else pd.DataFrame(),
-                   problems=problems)
-
-
-def metric_columns(runs: pd.DataFrame) -> list[str]:
-    """Numeric metric columns with values in ``runs``: known ones first, then any others
-    (not axes, not the p20/p80 spread columns that only feed plot whiskers)."""
-    def numeric(c: str) -> bool:
-        col = runs[c]
-        return (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
-                and col.notna().any())
-
-    known = [c for c in (*RUN_METRICS, *QUALITY_METRICS) if c in runs.columns and numeric(c)]
-    others = [c for c in runs.columns if c not in _RESERVED and c != "seed" and "." not in c
-              and not c.startswith("axis:") and not c.endswith(_SPREAD_SUFFIXES) and numeric(c)]
-    return known + others
-
-
-def aggregate_seeds(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """Mean, 95% CI half-width (Student t, n - 1 dof) and count of every numeric metric over the
-    seed axes, one row per combination of the other axes; ok runs only."""
-    from scipy import stats
-
-    seed_cols = [a for a in axes if is_seed_axis(a)]
-    group_cols = [a for a in axes if a not in seed_cols]
-    ok = runs[runs["status"] == "ok"]
-    metrics = [m for m in metric_columns(ok) if m not in _NOT_AGGREGATED]
-    if ok.empty:
-        return pd.DataFrame(columns=[*group_cols, "n_runs"])
-    groups = ok.groupby(group_cols, dropna=False, sort=False) if group_cols else [((), ok)]
-    out = []
-    for key, g in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        rec: dict[str, Any] = dict(zip(group_cols, key, strict=True))
-        rec["n_runs"] = len(g)
-        for m in metrics:
-            vals = pd.to_numeric(g[m], errors="coerce").dropna().to_numpy(float)
-            n = len(vals)
-            rec[f"{m}_mean"] = vals.mean() if n else math.nan
-            rec[f"{m}_ci95"] = (stats.t.ppf(0.975, n - 1) * vals.std(ddof=1) / math.sqrt(n)
-                                if n >= 2 else math.nan)
-            rec[f"{m}_n"] = n
-        out.append(rec)
-    return pd.DataFrame(out)
-
-
-# ----------------------------------------------------------------------------- formatting
-_DECIMALS = {**{k: d.decimals for k, d in metric_displays().items()},
-             "mfu": 3, "duration_s": 1, "cfg_scale": 2}
-_INTEGERS = {"nfe", "eval_num_samples", "n_runs", "S", "N", "dim", "heads", "batch",
-             "state_bytes", "crossover_S", "max_S", "resolution"}
-_THREE_SIG = {"train_images_per_s", "sample_images_per_s"}
-
-
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
-
-
-def _decimals(metric: str, v: float) -> int:
-    if metric in _DECIMALS:
-        return _DECIMALS[metric]
-    if metric in _INTEGERS or v == 0 or not math.isfinite(v):
-        return 0
-    # Significant digits without exponent notation: 3 for throughputs, 4 otherwise.
-    sig = 3 if metric in _THREE_SIG else 4
-    return min(8, max(0, sig - 1 - math.floor(math.log10(abs(v)))))
-
-
-def fmt_value(metric: str, v: Any) -> str:
-    """One cell of a displayed table: rounding chosen per metric, missing values as a dash."""
-    if _missing(v):
-        return MISSING
-    if isinstance(v, str) and v.startswith("[") and v.endswith("]"):
-        return v[1:-1] or MISSING  # a list (canonical JSON) reads as its items
-    if isinstance(v, (str, bool)) or not isinstance(v, (int, float, np.number)):
-        return str(v)
-    if isinstance(v, (int, np.integer)) and metric != "param_count":
-        return str(int(v))
-    v = float(v)
-    if metric == "param_count":
-        for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-            if abs(v) >= div:
-                return f"{v / div:.2f}{unit}"
-        return f"{v:.0f}"
-    if metric in _INTEGERS and v.is_integer():
-        return f"{int(v)}"
-    return f"{v:.{_decimals(metric, v)}f}"
-
-
-def fmt_axis(v: Any) -> str:
-    """An axis value as written in the matrix (no metric rounding; 2.0 read back as 2)."""
-    if _missing(v):
-        return MISSING
-    if isinstance(v, (float, np.floating)):
-        return str(int(v)) if float(v).is_integer() else f"{v:g}"
-    return str(v)
-
-
-def fmt_ci(metric: str, mean: float, half: float) -> str:
-    """``mean ± half`` rounded alike; the mean alone when there is a single value."""
-    if _missing(mean):
-        return MISSING
-    d = _decimals(metric, float(mean))
-    return f"{mean:.{d}f}" + ("" if _missing(half) else f" ± {half:.{d}f}")
-
-
-def _axis_labels(axes: list[str]) -> dict[str, str]:
-    """Short column names for dotted axis keys: ``attention.name`` -> ``attention``,
-    ``train.seed`` -> ``seed``; the full key where shortening would collide."""
-    def short(a: str) -> str:
-        parts = a.removeprefix("axis:").split(".")
-        return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
-
-    shorts = [short(a) for a in axes]
-    return {a: (s if shorts.count(s) == 1 else a) for a, s in zip(axes, shorts, strict=True)}
-
-
-def cell_label(row: pd.Series | dict, axes: list[str]) -> str:
-    """A run's legend label from its cell: plugin names bare, other axes as ``key=value``."""
-    labels = _axis_labels(axes)
-    parts = []
-    for a in axes:
-        v = row.get(a)
-        if _missing(v):
-            continue
-        parts.append(str(v) if a.endswith(".name") else f"{labels[a]}={fmt_axis(v)}")
-    return ", ".join(parts) or str(row.get("run_id"))
-
-
-def _table(df: pd.DataFrame, columns: dict[str, str], axes: list[str] = ()) -> pd.DataFrame:
-    """Strings for display: the present ``columns`` (key -> label), each value formatted
-    (``axes`` plainly, metrics with their rounding)."""
-    cols = {k: v for k, v in columns.items() if k in df.columns}
-    return pd.DataFrame({label: [fmt_axis(v) if k in axes else fmt_value(k, v) for v in df[k]]
-                         for k, label in cols.items()})
-
-
-def _present(df: pd.DataFrame, names: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in names.items() if k in df.columns and df[k].notna().any()}
-
-
+# ----------------------------------------------------------------------------- tables
 def _runs_table(sub: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    cols = {"run_id": "run", **_axis_labels(axes), "status": "status"}
+    cols = {"run_id": "run", **axis_labels(axes), "status": "status"}
     if sub["attention_impl"].notna().any():
         cols["attention_impl"] = "attention impl"
     extra = [m for m in metric_columns(sub)
              if m not in RUN_METRICS and m not in QUALITY_METRICS and m not in DETAIL_METRICS]
-    return _table(sub, {**cols, **_present(sub, RUN_METRICS), **{m: m for m in extra}}, axes)
+    return display_table(sub, {**cols, **present_columns(sub, RUN_METRICS),
+                               **{m: m for m in extra}}, axes)
 
 
 def _context(sub: pd.DataFrame, axes: list[str]) -> tuple[str, dict[str, str]]:
     """Evaluation settings: constant ones as header text, varying ones as columns (unless an
     axis already shows them, e.g. ``sample.cfg_scale``)."""
     header, columns = [], {}
-    for key, label in _present(sub, EVAL_CONTEXT).items():
+    for key, label in present_columns(sub, EVAL_CONTEXT).items():
         if any(a.split(".")[-1] == key for a in axes):
             continue
         values = sub[key].dropna().unique()
@@ -360,8 +95,8 @@ def _context(sub: pd.DataFrame, axes: list[str]) -> tuple[str, dict[str, str]]:
 
 
 def _seed_table(agg: pd.DataFrame, axes: list[str], metrics: dict[str, str]) -> pd.DataFrame:
-    group = {a: lab for a, lab in _axis_labels(axes).items() if not is_seed_axis(a)}
-    out = _table(agg, {**group, "n_runs": "runs"}, axes)
+    group = {a: lab for a, lab in axis_labels(axes).items() if not is_seed_axis(a)}
+    out = display_table(agg, {**group, "n_runs": "runs"}, axes)
     for m, label in metrics.items():
         if f"{m}_mean" not in agg or agg[f"{m}_mean"].isna().all():
             continue
@@ -394,7 +129,7 @@ def _matrix_blocks(m: str, s: Summary, results_dir: Path, out_dir: Path,
     agg = s.seeds.get(m)
     seed_names = ", ".join(a for a in axes if is_seed_axis(a))
     if agg is not None and len(agg):
-        run_metrics = {k: v for k, v in RUN_METRICS.items() if k not in _NOT_AGGREGATED}
+        run_metrics = {k: v for k, v in RUN_METRICS.items() if k not in NOT_AGGREGATED}
         blocks.append(("table", f"{m}: mean ± 95% CI over {seed_names} (t-distribution)",
                        _seed_table(agg, axes, run_metrics)))
     quality = sub[(sub["status"] == "ok")
@@ -402,10 +137,10 @@ def _matrix_blocks(m: str, s: Summary, results_dir: Path, out_dir: Path,
         if any(c in sub for c in QUALITY_METRICS) else sub.iloc[:0]
     if len(quality):
         header, ctx_cols = _context(quality, axes)
-        cols = {"run_id": "run", **_axis_labels(axes), **ctx_cols,
-                **_present(quality, QUALITY_METRICS)}
+        cols = {"run_id": "run", **axis_labels(axes), **ctx_cols,
+                **present_columns(quality, QUALITY_METRICS)}
         blocks += [("h", 3, f"Sample quality ({header})" if header else "Sample quality"),
-                   ("table", f"{m}: sample quality, measured", _table(quality, cols, axes))]
+                   ("table", f"{m}: sample quality, measured", display_table(quality, cols, axes))]
         if agg is not None and len(agg):
             blocks.append(("table", f"{m}: sample quality, mean ± 95% CI over {seed_names}",
                            _seed_table(agg, axes, QUALITY_METRICS)))
@@ -446,10 +181,10 @@ def _bench_blocks(s: Summary, out_dir: Path, problems: list[str]) -> list[Block]
                          f"'{MISSING}' means not faster at the largest S.")]
         if len(s.crossovers):
             blocks.append(("table", "Attention: crossover against softmax",
-                           _table(s.crossovers, {**{c: c for c in _BENCH_CONFIG}, "mode": "mode",
-                                                 "N": "N", "series": "backend", "vs": "vs",
-                                                 "crossover_S": "crossover S",
-                                                 "max_S": "largest S"})))
+                           display_table(s.crossovers, {
+                               **{c: c for c in _BENCH_CONFIG}, "mode": "mode", "N": "N",
+                               "series": "backend", "vs": "vs", "crossover_S": "crossover S",
+                               "max_S": "largest S"})))
         figs = plots.bench_plots(timed_rows(att), s.crossovers, out_dir / "plots", problems,
                                  [c for c in _BENCH_CONFIG if c in att])
         blocks += [("img", cap, p.relative_to(out_dir).as_posix()) for cap, p in figs]
@@ -459,8 +194,8 @@ def _bench_blocks(s: Summary, out_dir: Path, problems: list[str]) -> list[Block]
                      "status": "status", "reason": "reason"})
         if "state_bytes" in att:  # bytes are unreadable at a glance: MB like every memory column
             att = att.assign(state_mb=pd.to_numeric(att["state_bytes"], errors="coerce") / 1e6)
-        blocks.append(("table", "Attention: all measurements", _table(att, _present(att, cols)),
-                       True))
+        blocks.append(("table", "Attention: all measurements",
+                       display_table(att, present_columns(att, cols)), True))
     if "sampling" in s.bench and {"measure", "variant"} <= set(s.bench["sampling"].columns):
         blocks += sampling_blocks(s.bench["sampling"], out_dir, problems)
     for kind, df in s.bench.items():
@@ -484,7 +219,8 @@ def _other_bench_blocks(kind: str, df: pd.DataFrame) -> list[Block]:
     if same:
         blocks.append(("p", "Same in every row: " + ", ".join(
             f"{c} = {fmt_value(c, df[c].dropna().iloc[0])}" for c in same) + "."))
-    blocks.append(("table", f"Benchmark {kind}", _table(df, {c: c for c in vary}), len(df) > 10))
+    blocks.append(("table", f"Benchmark {kind}", display_table(df, {c: c for c in vary}),
+                   len(df) > 10))
     return blocks
 
 
@@ -500,7 +236,7 @@ def _published_blocks(pub: pd.DataFrame) -> list[Block]:
                   "Shown for orientation only: the measured runs above use other datasets, "
                   "model sizes and sample counts."),
             ("table", "Published (paper) FID, not measured here",
-             _table(pub, _present(pub, cols)))]
+             display_table(pub, present_columns(pub, cols)))]
 
 
 def build_blocks(s: Summary, results_dir: Path, out_dir: Path) -> list[Block]:

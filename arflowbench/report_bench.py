@@ -1,6 +1,7 @@
 """The benchmark part of `arflowbench report`: bench rows -> tables, and attention crossovers.
 
-Split from `report.py` (which imports these names); pure pandas, no files written.
+Split from `report.py`; `report` and `report_summary` import these names. Pure pandas, no files
+written.
 """
 
 from __future__ import annotations

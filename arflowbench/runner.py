@@ -4,24 +4,23 @@ Every cell is resolved (validated) before the first one runs, so a bad config st
 before any work. A cell whose run_id already has an ``ok`` row is skipped; cells with the same
 run_id are run once; cells that share a train_id share one training (the first trains, the
 others reuse it); a half-done training resumes from its last checkpoint. A cell another live
-process is running (its claim, ``artifacts/<run_id>/.claim``, is held) is skipped.
+process is running (its claim, ``artifacts/<run_id>/.claim``, is held) is skipped. The
+runner's own failed writes and SIGTERM are handled by `runner_guards`.
 """
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from arflowbench.cell import CLAIM, EXIT_SKIPPED
-from arflowbench.config import Cell, Matrix, RuntimeOptions
-from arflowbench.errors import ConfigError, ResultsWriteError
+from arflowbench.config import RuntimeOptions
+from arflowbench.errors import ConfigError
 from arflowbench.executors import LocalExecutor
 from arflowbench.locks import peek
+from arflowbench.matrix import Cell, Matrix
 from arflowbench.resolve import Resolved, resolve
 from arflowbench.results import (
     RUNS_FILE,
@@ -35,6 +34,7 @@ from arflowbench.results import (
     now_iso,
     run_artifacts,
 )
+from arflowbench.runner_guards import own_writes, sigterm_interrupts
 from arflowbench.train_stage import is_trained
 
 #: what `validate` says of a cell
@@ -212,13 +212,13 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
     queue.sort(key=lambda p: (first[p.resolved.train_id], p.cell.index))
     running: dict[int, tuple[Planned, Job, object, int]] = {}
     try:
-        with _sigterm_interrupts():
+        with sigterm_interrupts():
             while queue or running:
                 _start_ready(queue, running, executor, runtime, heads, counts, echo, warn)
                 ended = [i for i, (_, _, handle, _) in running.items() if handle.done()]
                 for i in ended:
                     p, job, handle, before = running.pop(i)
-                    with _own_writes(f"recording cell {i} ({job.run_id})"):
+                    with own_writes(f"recording cell {i} ({job.run_id})"):
                         status, detail = _record(job, handle.outcome(), before, runs_file)
                     counts[status] += 1
                     echo(f"{heads[i]}: {status}" + (f" ({detail})" if detail else ""))
@@ -258,7 +258,7 @@ def _start_ready(queue, running, executor, runtime, heads, counts, echo, warn) -
         job = make_job(p, runtime.model_copy(update={"matrix": p.matrix_label}))
         before = _row_count(results_dir / RUNS_FILE, job.run_id)
         art = run_artifacts(results_dir, job.run_id)
-        with _own_writes(f"starting cell {p.cell.index} ({art})"):
+        with own_writes(f"starting cell {p.cell.index} ({art})"):
             handle = executor.submit(job, art)
         running[p.cell.index] = (p, job, handle, before)
 
@@ -276,36 +276,6 @@ def _record(job: Job, outcome, before: int, runs_file: Path) -> tuple[str, str]:
     if outcome.returncode == 0:
         return STATUS_OK, ""
     return STATUS_FAILED, _last_error(runs_file, job.run_id)
-
-
-@contextmanager
-def _own_writes(what: str):
-    """The runner's own writes (job files, logs, failed rows) failing, e.g. on a full disk,
-    stop the matrix with one error instead of a crash."""
-    try:
-        yield
-    except ResultsWriteError as err:
-        raise ResultsWriteError(f"stopped the matrix while {what}: {err}") from None
-    except OSError as err:
-        raise ResultsWriteError(f"stopped the matrix while {what}: "
-                                f"{err.filename or ''} {err.strerror or err}".strip()) from None
-
-
-@contextmanager
-def _sigterm_interrupts():
-    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so running cells are stopped."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _record_same_run(runs_file: Path, p: Planned) -> bool:

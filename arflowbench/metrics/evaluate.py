@@ -9,6 +9,10 @@ reference images themselves, so a changed dataset or extractor can never hit a s
 KID subset size: by default 1000, or half the smaller set below 2000 images (recorded in the
 result); an explicit value larger than either set is an error naming both numbers (never
 silently changed).
+
+Progress: one bar per input counts the images torch-fidelity pulls through `_Images`
+(`ui.counters`: quiet with ``--no-progress`` and off a terminal). torch-fidelity's own tqdm
+output stays off: it writes to stderr, which a cell keeps for its failure record.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import os
 import re
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from arflowbench import ui
 from arflowbench.errors import ConfigError, DataError
 from arflowbench.metrics.base import cache_root, tensor_digest
 from arflowbench.metrics.checksums import verified_fidelity_cache
@@ -36,16 +42,25 @@ REFERENCE_SEED = 0
 
 
 class _Images(torch.utils.data.Dataset):
-    """uint8 (N, C, H, W) tensor as the torch Dataset torch-fidelity iterates."""
+    """uint8 (N, C, H, W) tensor as the torch Dataset torch-fidelity iterates; `pulled(n)`, when
+    given, hears of every batch of n images its DataLoader fetches (a progress bar)."""
 
-    def __init__(self, images: torch.Tensor):
+    def __init__(self, images: torch.Tensor, pulled: Callable[[int], None] | None = None):
         self.images = images
+        self.pulled = pulled
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.images[i]
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        # the DataLoader fetches whole batches here; torch-fidelity's own look at input[0]
+        # goes through __getitem__ and is not counted
+        if self.pulled is not None:
+            self.pulled(len(indices))
+        return [self.images[i] for i in indices]
 
 
 def check_samples(samples: torch.Tensor, dataset: Any) -> torch.Tensor:
@@ -162,7 +177,6 @@ def evaluate_samples(
                            spec.weights_tag)
     dev = torch.device(device)
     kwargs = dict(
-        input1=_Images(samples), input2=_Images(reference),
         fid=True, kid=True, prc=True,
         feature_extractor=spec.tf_name, feature_extractor_weights_path=str(spec.weights_path),
         batch_size=batch_size, cuda=dev.type == "cuda",
@@ -175,7 +189,13 @@ def evaluate_samples(
     # torch-fidelity unpickles its cache files: only ones checksummed by us are let through
     guard = (verified_fidelity_cache(cache_root(cache_dir) / "fidelity", ref_name)
              if cache_reference else contextlib.nullcontext())
-    with guard:
+    with ui.counters() as counter, guard:
+        # the bars advance as torch-fidelity pulls images: feature extraction of the samples,
+        # then of the reference (its statistics); a cached reference is never pulled, no bar
+        kwargs.update(
+            input1=_Images(samples, counter(f"{extractor} features: samples", n, lazy=True)),
+            input2=_Images(reference, counter(f"{extractor} features: reference "
+                                              f"{reference_split}", len(reference), lazy=True)))
         if dev.type == "cuda" and dev.index is not None:
             with torch.cuda.device(dev.index):
                 raw = torch_fidelity.calculate_metrics(**kwargs)

@@ -15,6 +15,9 @@ A reference is one of:
 What is not computed, and said so in the result: Inception Score (the offline FID Inception
 weights have no logits layer: ``inception_score`` is None with the reason) and sFID (the spatial
 ``mixed_6/conv`` features are not extracted).
+
+Feature extraction (samples, and reference images whose features are not cached yet) draws a
+bar counting the images (`ui.count_bar`), quiet with ``--no-progress`` and off a terminal.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from arflowbench import ui
 from arflowbench.errors import ConfigError, DataError
 from arflowbench.metrics.base import cache_root, tensor_digest
 from arflowbench.metrics.checksums import load_verified, save_verified
@@ -111,7 +115,10 @@ def torch_fidelity_features(extractor: str = "inception", cache_dir: str | os.Pa
                                      feature_extractor_weights_path=str(spec.weights_path))
 
     def features(images: torch.Tensor) -> torch.Tensor:
-        out = get_featuresdict_from_dataset(_Images(images), model, batch_size, cuda, True, False)
+        # our bar (quiet with --no-progress or off a terminal), not torch-fidelity's tqdm
+        with ui.count_bar(f"{extractor} features", len(images)) as advance:
+            data = _Images(images, advance)
+            out = get_featuresdict_from_dataset(data, model, batch_size, cuda, True, False)
         return out[LAYERS[extractor]]  # (N, 2048)
 
     info = {"feature_extractor": extractor, "extractor_version": spec.version,
