@@ -137,7 +137,10 @@ class DiT(nn.Module):
         """(B, S, C, H, W) -> (B, S, N, D) embedded tokens with positions."""
         B, S = x.shape[:2]
         tok = self.x_embed(x.flatten(0, 1))  # (B*S, D, g, g)
-        tok = tok.flatten(2).transpose(1, 2) + self.pos_embed  # (B*S, N, D)
+        # contiguous before the add: the sum would keep the transposed (channels-first) memory
+        # layout, and so would every residual add after it, each LayerNorm (forward and backward)
+        # then copying its input to contiguous, and mixed-layout elementwise ops running slowly
+        tok = tok.flatten(2).transpose(1, 2).contiguous() + self.pos_embed  # (B*S, N, D)
         return tok.reshape(B, S, self.num_tokens, -1)
 
     def unpatchify(self, tok: torch.Tensor) -> torch.Tensor:
