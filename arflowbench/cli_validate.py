@@ -18,7 +18,7 @@ def _warn(msg: str) -> None:
 
 def missing_data(m: Matrix, rt: RuntimeOptions) -> list[str]:
     """One warning per dataset of the matrix whose files are not found here (cells still listed)."""
-    from arflowbench.errors import ArflowbenchError, DataMissingError
+    from arflowbench.errors import DataNotFoundError
     from arflowbench.plugins import DATASET
 
     out, seen = [], set()
@@ -31,9 +31,7 @@ def missing_data(m: Matrix, rt: RuntimeOptions) -> list[str]:
         try:
             cls = DATASET.load(data.name)
             cls(cls.Config(**data.options), data_root=rt.data_root).check_available()
-        except DataMissingError:  # data to prepare: the plan lists those cells as waiting
-            continue
-        except ArflowbenchError as err:
+        except DataNotFoundError as err:  # other data problems: the plan reports them
             out.append(f"warning: {err}")
         except Exception:  # noqa: BLE001 - bad options are reported by the plan itself
             continue

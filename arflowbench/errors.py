@@ -30,6 +30,10 @@ class DataError(ArflowbenchError):
     """A dataset is missing or malformed."""
 
 
+class DataNotFoundError(DataError):
+    """A dataset's files are not on this machine (`validate` still lists its cells, warned)."""
+
+
 class NonFiniteLossError(ArflowbenchError):
     """Training produced a NaN or infinite loss."""
 

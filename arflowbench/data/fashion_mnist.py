@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 
 from arflowbench.data.base import Dataset, ImageSet, PixelConfig, resolve_root
-from arflowbench.errors import DataError
+from arflowbench.errors import DataError, DataNotFoundError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
@@ -70,7 +70,7 @@ class FashionMNIST(Dataset):
                 if all((cand / f).exists() for pair in FILES.values() for f in pair):
                     return cand
         tried = ", ".join(str(p) for p in resolve_root(self.data_root, DEBIAN_DIR))
-        raise DataError(
+        raise DataNotFoundError(
             f"fashion-mnist data not found (looked in {tried}): install the Debian package "
             "`dataset-fashion-mnist` (apt-get install dataset-fashion-mnist), or download the four "
             "IDX .gz files (e.g. torchvision.datasets.FashionMNIST(root, download=True)) and pass "

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 
 from arflowbench.data.base import Dataset, ImageSet, PixelConfig
-from arflowbench.errors import DataError
+from arflowbench.errors import DataError, DataNotFoundError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
 
@@ -60,7 +60,7 @@ class ImageFolder(Dataset):
 
     def check_available(self) -> None:
         if not self.root.is_dir():
-            raise DataError(f"imagefolder: root {self.root} does not exist")
+            raise DataNotFoundError(f"imagefolder: root {self.root} does not exist")
         splits = self._split_dirs()
         base = (splits or {"train": self.root})["train"]
         classes = self._class_dirs(base)

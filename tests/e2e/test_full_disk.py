@@ -104,7 +104,7 @@ def test_cell_exits_2_with_one_error_when_its_row_cannot_be_written(tmp_path, mo
     def fail(*_args):
         raise ResultsWriteError("could not append a row to runs.jsonl: No space left on device")
 
-    fake_job = SimpleNamespace(runtime=SimpleNamespace(threads=None))
+    fake_job = SimpleNamespace(runtime=SimpleNamespace(threads=None, progress=False))
     monkeypatch.setattr(cell_mod.Job, "model_validate_json", classmethod(lambda c, t: fake_job))
     monkeypatch.setattr(cell_mod, "claimed_run", fail)
     assert cell_mod.main([str(job)]) == 2
