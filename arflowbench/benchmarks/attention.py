@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from arflowbench.benchmarks.timing import measure_peak_memory, tensor_bytes, time_interleaved
 from arflowbench.errors import ArflowbenchError, ConfigError
-from arflowbench.plugins import ATTENTION
+from arflowbench.plugins import ATTENTION, availability_for
 from arflowbench.results import BENCH_FILE, BenchRecord, append, environment_stamp
 
 MODES = ("forward", "forward_backward", "step")
@@ -33,13 +33,15 @@ DEFAULT_N = (16, 64, 256)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _resolve_backends(names: Sequence[str] | None, say: Callable[[str], None]) -> list[str]:
-    """Registered names (all by default) that can run here; the others are reported and dropped."""
+def _resolve_backends(names: Sequence[str] | None, say: Callable[[str], None],
+                      device: str = "cpu") -> list[str]:
+    """Registered names (all by default) that can run on `device` (the sweep's target, not the
+    machine); the others are reported and dropped."""
     names = list(ATTENTION.names()) if names is None else list(names)
     runnable = []
     for name in names:
         try:
-            avail = ATTENTION.load(name).availability()
+            avail = availability_for(ATTENTION.load(name), device)
         except ArflowbenchError as exc:
             say(f"skip backend {name!r}: {exc}")
             continue
@@ -125,7 +127,7 @@ def _sweep(backends, S_values, N_values, modes, dim, heads, batch, repeats, warm
         raise ConfigError("bench attention: S and N values must be >= 1")
     console = Console()
     say = console.print
-    names = _resolve_backends(backends, say)
+    names = _resolve_backends(backends, say, device)
     torch_dtype, out_file = DTYPES[dtype], Path(results_dir) / BENCH_FILE
     env = environment_stamp(device)
     rows: list[dict[str, Any]] = []
