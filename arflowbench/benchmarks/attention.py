@@ -1,9 +1,10 @@
 """The attention benchmark: backend x S (images per sequence) x N (tokens per image) x mode.
 
-Modes: "forward" (no grad, the whole S*N sequence), "forward_backward" (forward plus backward
-into the parameters), "step" (one sampling step at position S: the state already holds S-1 chunks;
-the row also records the bytes of the state returned by that step). Within one configuration the
-backends are timed A/B interleaved (see `timing.time_interleaved`), so their ratios come from one
+Memory is measured on a backend's second call (the first, untimed, counts as a warm-up: Triton
+autotuning allocates a large buffer once). Modes: "forward" (no grad, the whole S*N sequence),
+"forward_backward" (forward plus backward into the parameters), "step" (one sampling step at
+position S: the state already holds S-1 chunks; the row also records the bytes of the state
+returned by that step). Within one configuration the backends are timed A/B interleaved (see `timing.time_interleaved`), so their ratios come from one
 run. Every measurement is appended at once to ``results_dir / BENCH_FILE`` (a crash keeps what
 was measured). Rows carry ``status`` "ok" or "skipped" (with ``reason``): a configuration is
 skipped when a lower bound of its cost, predicted from the same backend at the previous S, is
@@ -183,14 +184,17 @@ def _sweep(backends, S_values, N_values, modes, dim, heads, batch, repeats, warm
                     gc.collect()  # once per configuration: a full collection takes ~0.1-0.5 s
                     for name in list(calls):
                         try:
+                            # the first call is untimed and unmeasured (Triton autotuning
+                            # allocates a large buffer once): it counts as the first warm-up
+                            calls[name]()
                             mems[name] = measure_peak_memory(calls[name], device, collect=False)
                         except Exception as exc:  # noqa: BLE001 - one backend, not the sweep
                             blocked[(name, mode)] = f"failed at S={s}: {str(exc)[:160]}"
                             record(backend=name, mode=mode, S=s, N=n, status="skipped",
                                    reason=blocked[(name, mode)])
                             del calls[name]
-                    timings = time_interleaved(calls, warmup=warmup, repeats=repeats,
-                                               device=device)
+                    timings = time_interleaved(calls, warmup=max(warmup - 1, 0),
+                                               repeats=repeats, device=device)
                     for name, t in timings.items():
                         state_fn = state_fns[name]
                         record(backend=name, implementation=modules[name].implementation,

@@ -94,3 +94,52 @@ def test_gated_training_on_a_bad_triton_takes_the_pytorch_path(monkeypatch):
     assert recurrence.select_kernel(q, q) == ("kernel", fla_gla.FLA_IMPL)
     assert recurrence.select_kernel(q, q, gated_backward=True) == (
         None, "pytorch chunked (CUDA; fla not used: bad triton)")
+
+
+def test_peaks_come_from_the_datasheet_of_known_gpus_in_the_training_dtype(monkeypatch):
+    from arflowbench.metrics import throughput as tp
+
+    assert tp.known_peak("NVIDIA H100 80GB HBM3", "bf16") == pytest.approx(989.4e12)
+    assert tp.known_peak("NVIDIA H100 PCIe", "bf16") == pytest.approx(756e12)
+    assert tp.known_peak("NVIDIA A100-SXM4-80GB", "fp32") == pytest.approx(19.5e12)
+    assert tp.known_peak("Some Future GPU", "bf16") is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    assert tp.peak_flops("cuda", "bf16") == (pytest.approx(989.4e12), "datasheet NVIDIA H200 bf16")
+    measured = []
+    monkeypatch.setattr(tp, "matmul_peak_flops", lambda d, dt: measured.append(dt) or 7.0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Some Future GPU")
+    assert tp.peak_flops("cuda", "bf16") == (7.0, "measured bf16 matmul")
+    assert tp.peak_flops("cpu", "fp32") == (7.0, "measured fp32 matmul")
+    assert measured == [torch.bfloat16, torch.float32]
+
+
+def test_matmul_dtype_follows_autocast_and_tf32():
+    from arflowbench.metrics.throughput import matmul_dtype
+
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    try:
+        assert matmul_dtype("cuda", torch.bfloat16) == "bf16"
+        matmul.allow_tf32 = True
+        assert matmul_dtype("cuda:0", None) == "tf32"
+        assert matmul_dtype("cpu", None) == "fp32"  # TF32 is a CUDA setting
+        matmul.allow_tf32 = False
+        assert matmul_dtype("cuda", None) == "fp32"
+    finally:
+        matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("impl,kernels", [
+    ("fla chunk_simple_gla (CUDA) cross-chunk term, pytorch inner term and recurrent step",
+     ["fla chunk_simple_gla (Triton)"]),
+    ("pytorch chunked (CUDA; fla not used: bad triton)", []),
+    ("mamba-ssm CUDA + causal-conv1d",
+     ["mamba-ssm selective scan (CUDA)", "causal-conv1d (CUDA)"]),
+    ("pytorch selective scan (CUDA; mamba-ssm not used: mamba-ssm not installed)", []),
+    ("xformers memory_efficient_attention (CUDA)", ["xformers memory_efficient_attention"]),
+    ("torch scaled_dot_product_attention", []),
+])
+def test_rows_name_the_kernels_the_flop_counter_misses(impl, kernels):
+    from arflowbench.metrics.throughput import uncounted_kernels
+
+    assert uncounted_kernels(impl) == kernels
