@@ -4,12 +4,13 @@ Memory is measured on a backend's second call (the first, untimed, counts as a w
 autotuning allocates a large buffer once). Modes: "forward" (no grad, the whole S*N sequence),
 "forward_backward" (forward plus backward into the parameters), "step" (one sampling step at
 position S: the state already holds S-1 chunks; the row also records the bytes of the state
-returned by that step). Within one configuration the backends are timed A/B interleaved (see `timing.time_interleaved`), so their ratios come from one
-run. Every measurement is appended at once to ``results_dir / BENCH_FILE`` (a crash keeps what
-was measured). Rows carry ``status`` "ok" or "skipped" (with ``reason``): a configuration is
-skipped when a lower bound of its cost, predicted from the same backend at the previous S, is
-over ``max_call_ms`` or ``max_memory_mb`` (cost grows at least linearly with S for the sequence
-modes and does not shrink for "step"), or after that backend failed or was skipped at a smaller S.
+returned by that step). Within one configuration the backends are timed A/B interleaved (see
+`timing.time_interleaved`), so their ratios come from one run. Every measurement is appended at
+once to ``results_dir / BENCH_FILE`` (a crash keeps what was measured). Rows carry ``status``
+"ok" or "skipped" (with ``reason``): a configuration is skipped when a lower bound of its cost,
+predicted from the same backend at the previous S, is over ``max_call_ms`` or ``max_memory_mb``
+(cost grows at least linearly with S for the sequence modes and does not shrink for "step"), or
+after that backend failed or was skipped at a smaller S.
 """
 
 from __future__ import annotations
