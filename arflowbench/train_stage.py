@@ -92,7 +92,7 @@ def run_train_stage(res: Resolved, job: Job, device: str, warn: Callable[[str], 
             ema, tr = train(model, res.formulation, data, res.spec.train, train_id=res.train_id,
                             checkpoint_path=d / CHECKPOINT, device=device,
                             checkpoint_every=rt.checkpoint_every, snapshots=snapshots,
-                            progress=bar, world=world)
+                            progress=bar, world=world, compile=rt.compile)
         if not world.is_main:
             info = {}
         elif tr.step_times:  # this process trained: measure and keep what it measured
