@@ -44,8 +44,8 @@ def _plugins() -> list[str]:
     device = default_device()
     infos = all_info(device)
     for kind in dict.fromkeys(r.kind for r in infos):
-        out.append(f"{kind} (name, version, available here for {device} runs, implementation "
-                   "or reason):")
+        out.append(f"{kind} ({device} runs: name, version, available, implementation or "
+                   "reason):")
         rows = [(r.name, f"v{r.version}", "yes" if r.available else "NO",
                  (r.implementation if r.available else r.reason)
                  + ("" if r.origin == BUILTIN else f" [plugin from {r.origin}]"))
