@@ -37,7 +37,7 @@ from arflowbench.distributed import World, close_world, init_world, launched_wor
 from arflowbench.errors import ArflowbenchError, PluginUnavailableError
 from arflowbench.launch import die_with_parent
 from arflowbench.locks import Busy, claim
-from arflowbench.machine import environment_stamp, process_peak_memory_mb
+from arflowbench.machine import configure_device, environment_stamp, process_peak_memory_mb
 from arflowbench.resolve import Resolved, resolve
 from arflowbench.results import (
     ARTIFACTS_DIR,
@@ -84,6 +84,7 @@ def run_job(job: Job, world: World | None = None, device: str | None = None) -> 
     rank 0 only)."""
     world = world or World()
     device = device or job.runtime.resolved_device()
+    configure_device(device)  # TF32 on CUDA targets, before the stamp that records it
     results_dir = Path(job.runtime.results_dir)
     rec = RunRecord(run_id=job.run_id, train_id=job.train_id, status=STATUS_FAILED,
                     matrix=job.runtime.matrix, cell=job.cell,

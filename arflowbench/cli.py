@@ -125,6 +125,9 @@ def run(matrix: str = MATRIX, results_dir: Path | None = RESULTS,
         data_root: Path | None = DATA_ROOT, sets: list[str] = SET, device: str = DEVICE,
         checkpoint_every: int = typer.Option(100, help="steps between checkpoints"),
         progress: bool | None = PROGRESS, threads: int | None = THREADS,
+        compile: bool = typer.Option(False, "--compile", help="train through torch.compile "
+                                     "(speed only: run ids unchanged; compiling takes minutes "
+                                     "on CPU)"),
         executor: Executor = typer.Option(Executor.local, help="local subprocesses or submitit"),
         nproc_per_node: int = typer.Option(1, min=1, help="local: processes per cell, under "
                                            "torch.distributed.run (one cell after another)"),
@@ -145,7 +148,7 @@ def run(matrix: str = MATRIX, results_dir: Path | None = RESULTS,
     m = load_matrix(matrix, sets)
     results_dir = results_dir_for(results_dir, m.name)
     rt = _runtime(results_dir, data_root, device=device, checkpoint_every=checkpoint_every,
-                  progress=progress_enabled(progress), threads=threads)
+                  progress=progress_enabled(progress), threads=threads, compile=compile)
     if executor is Executor.submitit:
         from arflowbench.slurm import SubmititExecutor
 

@@ -93,14 +93,17 @@ def bench_training(
         patch_size: int = typer.Option(4, help="patch size (fashion-mnist 32x32, 4: 64 tokens)"),
         batch: int = typer.Option(40, help="images per step"),
         repeats: int = typer.Option(10, help="timed steps per variant (interleaved)"),
-        threads: int | None = THREADS, results_dir: Path = BENCH_RESULTS,
-        progress: bool | None = PROGRESS) -> None:
-    """Training step time, images/s and MFU per flavor (CPU), variants timed A/B interleaved."""
+        precision: str = typer.Option("fp32", help="fp32, or bf16 (autocast; CUDA only)"),
+        threads: int | None = THREADS, device: str = DEVICE,
+        results_dir: Path = BENCH_RESULTS, progress: bool | None = PROGRESS) -> None:
+    """Training step time, images/s and MFU per flavor, variants timed A/B interleaved."""
     from arflowbench.benchmarks.training import run_training_bench
+    from arflowbench.cli_options import resolve_device
 
     # one line per variant as each flavor finishes, printed above the spinner
     with ui.activity(f"bench training: {flavors} x {variants}, {repeats} repeats",
                      progress_enabled(progress)):
         run_training_bench(_names(flavors), _names(variants), dataset=dataset,
                            patch_size=patch_size, batch=batch, repeats=repeats, threads=threads,
-                           results_dir=results_dir, say=typer.echo)
+                           results_dir=results_dir, say=typer.echo,
+                           device=resolve_device(device), precision=precision)

@@ -38,12 +38,14 @@ def _rows(rows: list[tuple[str, ...]], widths: tuple[int, ...]) -> list[str]:
 
 
 def _plugins() -> list[str]:
-    from arflowbench.plugins import BUILTIN, all_info
+    from arflowbench.plugins import BUILTIN, all_info, default_device
 
     out = []
-    infos = all_info()
+    device = default_device()
+    infos = all_info(device)
     for kind in dict.fromkeys(r.kind for r in infos):
-        out.append(f"{kind} (name, version, available here, implementation or reason):")
+        out.append(f"{kind} ({device} runs: name, version, available, implementation or "
+                   "reason):")
         rows = [(r.name, f"v{r.version}", "yes" if r.available else "NO",
                  (r.implementation if r.available else r.reason)
                  + ("" if r.origin == BUILTIN else f" [plugin from {r.origin}]"))

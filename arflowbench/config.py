@@ -220,6 +220,9 @@ class RuntimeOptions(Strict):
     matrix: str = ""
     #: torch intra-op threads per cell process (None: torch's default)
     threads: int | None = Field(None, ge=1)
+    #: run the training forward through torch.compile (speed only: not hashed; on CPU too, after
+    #: a compile of about a minute for the debug flavor on 2 cores)
+    compile: bool = False
     #: processes per cell (--nproc-per-node; Slurm tasks): checked against train.batch_size
     #: before any work; the cell itself reads its world from the launcher
     world_size: int = Field(1, ge=1)

@@ -3,6 +3,7 @@
 - `environment_stamp`: code version, libraries and hardware, stored with every row.
 - `synchronize`: wait for queued GPU work before reading a clock (no-op on CPU).
 - `process_peak_memory_mb`: the process's peak memory so far (CUDA allocator peak, else peak RSS).
+- `configure_device`: TF32 matmuls and convolutions for CUDA targets (never touched for CPU).
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ def synchronize(device: str | torch.device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def configure_device(device: str | torch.device) -> None:
+    """Settings of a run on `device`: for CUDA targets, TF32 tensor-core matmuls and cuDNN
+    convolutions for float32 (as on GPUs by default since Ampere in most training code); CPU
+    targets are left alone (CPU numerics never change). `environment_stamp` records it."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def process_peak_memory_mb(device: str | torch.device) -> float:
@@ -54,6 +64,7 @@ def environment_stamp(device: str | None = None) -> dict[str, Any]:
     """Machine stamp stored with every row: code version, libraries, hardware."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     dirty = _git("status", "--porcelain", "--untracked-files=no")
+    cuda_target = gpu is not None and torch.device(device or "cuda").type == "cuda"
     return {
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(dirty) if dirty is not None else None,
@@ -64,5 +75,7 @@ def environment_stamp(device: str | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
+        # float32 matmuls on TF32 tensor cores (CUDA targets only; `configure_device`)
+        "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if cuda_target else None,
         "platform": platform.platform(),
     }

@@ -8,8 +8,12 @@ dependencies load only when it is chosen. Third-party plugins come from the entr
 - ``name``: str, equal to its registered name;
 - ``version``: int, bumped when its numerics change (it feeds the run hash);
 - ``Config``: a pydantic model of its own options (strict: unknown keys are errors);
-- ``availability()``: a classmethod returning `Availability` (can it run here, which
-  implementation would run, and why not). It must not import heavy optional libraries.
+- ``availability(device)``: a classmethod returning `Availability` for a run whose tensors live
+  on ``device`` ("cpu" or "cuda"): can it run there, which implementation would run, and why
+  not. Ask through `availability_for`, which also enforces ``requires_cuda`` and accepts older
+  plugins whose ``availability()`` takes no device. An optional library is imported only for a
+  target that would use it, once per process (`gpu_libs`): a compiled extension built against
+  another torch passes a ``find_spec`` check and fails only at import.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import inspect
 import typing
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
@@ -38,6 +43,40 @@ class Availability:
     available: bool
     implementation: str = ""
     reason: str = ""
+
+
+def device_type(device: Any) -> str:
+    """"cpu", "cuda", ... of a device given as a string ("cuda:1") or a torch.device."""
+    return str(getattr(device, "type", device)).split(":", 1)[0]
+
+
+def default_device() -> str:
+    """The target device of a run with ``device = "auto"`` on this machine."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def availability_for(cls: Any, device: Any = "cpu") -> Availability:
+    """Whether plugin class `cls` can run with its tensors on `device` (the run's target device,
+    not the machine: a CPU target on a GPU machine never selects a CUDA-only path).
+
+    A class declaring ``requires_cuda`` is unavailable for any other device type, and any CUDA
+    target is unavailable where torch sees no CUDA device; otherwise the class's own
+    ``availability(device)`` decides (``availability()`` for plugins written before targets)."""
+    kind = device_type(device)
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return Availability(False, "", "the target device is cuda, but torch sees no CUDA "
+                                           "device on this machine")
+    if getattr(cls, "requires_cuda", False) and kind != "cuda":
+        return Availability(False, "", f"needs a CUDA device (CUDA-only kernels); this run's "
+                                       f"target device is {kind}")
+    if "device" in inspect.signature(cls.availability).parameters:
+        return cls.availability(device=kind)
+    return cls.availability()
 
 
 @dataclass(frozen=True)
@@ -216,10 +255,10 @@ class Registry(Generic[T]):
         self._resolved[name] = cls
         return cls
 
-    def get(self, name: str) -> type[T]:
-        """The plugin class, checked to be available on this machine."""
+    def get(self, name: str, device: Any = "cpu") -> type[T]:
+        """The plugin class, checked to be available for a run targeting `device`."""
         cls = self.load(name)
-        avail = cls.availability()
+        avail = availability_for(cls, device)
         if not avail.available:
             raise PluginUnavailableError(f"{self.kind} {name!r} is unavailable here: {avail.reason}")
         return cls
@@ -238,13 +277,16 @@ class Registry(Generic[T]):
                                                       cls.Config)) from None
         return cfg.model_dump(mode="json")
 
-    def info(self) -> list[PluginInfo]:
+    def info(self, device: Any = None) -> list[PluginInfo]:
+        """One `PluginInfo` per plugin, available or not for `device` (default: this machine's
+        default target, `default_device`)."""
+        device = default_device() if device is None else device
         rows = []
         for name in self.names():
             origin = self._entries[name].origin
             try:
                 cls = self.load(name)
-                avail = cls.availability()
+                avail = availability_for(cls, device)
                 rows.append(
                     PluginInfo(self.kind, name, cls.version, origin, avail.available,
                                avail.implementation, avail.reason)
@@ -264,7 +306,8 @@ class PluginBase:
         model_config = {"extra": "forbid", "frozen": True}
 
     @classmethod
-    def availability(cls) -> Availability:
+    def availability(cls, device: str = "cpu") -> Availability:
+        """Availability for a run targeting `device` (ask via `availability_for`)."""
         return Availability(True, "pytorch")
 
 
@@ -306,6 +349,7 @@ for _reg, _table in _BUILTINS.items():
         _reg.register_lazy(_name, _target)
 
 
-def all_info() -> list[PluginInfo]:
-    """Every registered plugin of every kind (for `arflowbench ls`)."""
-    return [row for reg in REGISTRIES.values() for row in reg.info()]
+def all_info(device: Any = None) -> list[PluginInfo]:
+    """Every registered plugin of every kind, available or not for `device` (default: this
+    machine's default target), for `arflowbench ls`."""
+    return [row for reg in REGISTRIES.values() for row in reg.info(device)]

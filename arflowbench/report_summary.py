@@ -55,6 +55,7 @@ DETAIL_METRICS = {
     "classifier_test_accuracy", "extractor_version", "kid_subset_size", "kid_subsets",
     "matmul_peak_flops", "reference_num", "sample_image_nfe_per_s", "train_achieved_flops",
     "train_flops_per_step", "resumed_from_step", "classifier_version",
+    "peak_dtype", "peak_source", "flops_uncounted",
 }
 # Spec-determined or spread values: not averaged over seeds.
 NOT_AGGREGATED = {"nfe", "param_count", "eval_num_samples", "cfg_scale"}

@@ -4,7 +4,8 @@
 default and an omitted one hash the same), the model flavor, that the patch divides the image,
 the sampler, guidance, and the data (present on disk, enough images per class). It builds the
 model on the meta device once, so a backend that rejects the geometry (head dim, ...) fails here.
-Availability (e.g. a CUDA-only backend on CPU) is recorded, not raised: `run` fails that one cell
+Availability for the cell's target device (e.g. a CUDA-only backend in a CPU cell, on any
+machine) is recorded, not raised: `run` fails that one cell
 before training with the reason, `validate` prints it.
 
 The run and training hashes take each plugin's options as its `hash_options` gives them: files
@@ -25,7 +26,14 @@ from arflowbench.errors import ConfigError, DataMissingError
 from arflowbench.models.backbone import BACKBONE_VERSION, DiT, count_parameters
 from arflowbench.models.build import build_model
 from arflowbench.models.flavors import FLAVORS
-from arflowbench.plugins import ATTENTION, DATASET, FORMULATION, METRIC, PluginUnavailableError
+from arflowbench.plugins import (
+    ATTENTION,
+    DATASET,
+    FORMULATION,
+    METRIC,
+    PluginUnavailableError,
+    availability_for,
+)
 from arflowbench.sampling import SAMPLING_VERSION
 from arflowbench.trainer import TRAINER_VERSION
 
@@ -120,7 +128,9 @@ def resolve(spec: RunSpec, runtime: RuntimeOptions, *, check_data: bool = True,
         formulation.check_data(ds.load("train"))
 
     att_cls = ATTENTION.load(spec.attention.name)
-    avail = att_cls.availability()
+    # for the cell's target device, not the machine: a CPU cell on a GPU machine never gets a
+    # CUDA-only backend (it is unavailable, so `on_unavailable = "skip"` skips it)
+    avail = availability_for(att_cls, runtime.resolved_device())
     unavailable = None if avail.available else avail.reason
     param_count = 0
     if avail.available:

@@ -92,7 +92,7 @@ def run_train_stage(res: Resolved, job: Job, device: str, warn: Callable[[str], 
             ema, tr = train(model, res.formulation, data, res.spec.train, train_id=res.train_id,
                             checkpoint_path=d / CHECKPOINT, device=device,
                             checkpoint_every=rt.checkpoint_every, snapshots=snapshots,
-                            progress=bar, world=world)
+                            progress=bar, world=world, compile=rt.compile)
         if not world.is_main:
             info = {}
         elif tr.step_times:  # this process trained: measure and keep what it measured
@@ -126,12 +126,21 @@ def _read_info(d: Path) -> dict[str, Any]:
 
 def _measure(res: Resolved, model: nn.Module, data, device: str,
              tr: TrainResult) -> dict[str, Any]:
-    """Throughput (median and spread over steps), peak memory right after training, and MFU:
-    FLOPs of one counted step over the median step time, against the matmul peak."""
-    from arflowbench.metrics.throughput import count_flops, matmul_peak_flops, mfu
-    from arflowbench.trainer import micro_slices, step_generator
+    """Throughput (median and spread over steps), peak memory right after training (before the
+    FLOP count below allocates anything), and MFU: FLOPs of one counted step over the median
+    step time, against the peak of the dtype the training's matmuls ran in (bf16 under bf16
+    autocast; `throughput.peak_flops`). Kernels the FLOP counter cannot see are listed."""
+    from arflowbench.metrics.throughput import (
+        count_flops,
+        matmul_dtype,
+        mfu,
+        peak_flops,
+        uncounted_kernels,
+    )
+    from arflowbench.trainer import autocast_context, autocast_dtype, micro_slices, step_generator
 
     batch, accum, W = res.spec.train.batch_size, res.spec.train.grad_accum, tr.world_size
+    precision = res.spec.train.precision
     info: dict[str, Any] = {
         # the global batch over rank 0's step time: the images/s of all ranks together
         **spread("train_images_per_s", [batch / t for t in tr.step_times]),
@@ -147,12 +156,19 @@ def _measure(res: Resolved, model: nn.Module, data, device: str,
     kw = {} if W * accum == 1 else {"rows": rows}
 
     def one_step():
-        res.formulation.training_loss(model, x, y, g, **kw)["loss"].backward()
+        with autocast_context(device, precision):  # the step as trained (implementations too)
+            loss = res.formulation.training_loss(model, x, y, g, **kw)["loss"]
+        loss.backward()
 
     flops = count_flops(one_step) * W * accum  # one global step
     model.zero_grad(set_to_none=True)
-    peak = matmul_peak_flops(device) * W  # every rank's device
+    dtype = matmul_dtype(device, autocast_dtype(device, precision))
+    one, source = peak_flops(device, dtype)
+    peak = one * W  # every rank's device
     achieved = flops / statistics.median(tr.step_times)
+    implementation = getattr(model, "attention_implementation", "") or ""
     info.update(train_flops_per_step=float(flops), train_achieved_flops=achieved,
-                matmul_peak_flops=peak, mfu=mfu(achieved, peak))
+                matmul_peak_flops=peak, mfu=mfu(achieved, peak), peak_dtype=dtype,
+                peak_source=source,
+                flops_uncounted=", ".join(uncounted_kernels(implementation)) or "none")
     return info

@@ -199,13 +199,15 @@ def _wrap(model: nn.Module, world: World, device: str):
 def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, train_id: str,
           checkpoint_path: Path, device: str = "cpu", checkpoint_every: int = 100,
           snapshots: dict[int, Path] | None = None, progress=None,
-          world: World | None = None) -> tuple[nn.Module, TrainResult]:
+          world: World | None = None, compile: bool = False) -> tuple[nn.Module, TrainResult]:
     """Train (or resume) to `spec.steps`; returns the EMA model and what was measured.
 
     `snapshots` maps steps to files where the EMA weights at that step are kept (written before
     any later checkpoint, so a resumed run never lacks an earlier snapshot).
     `progress(step, total, loss, images_per_s)` is called after every step if given (rank 0).
-    `world`: this rank's place in a data-parallel run (default: one process)."""
+    `world`: this rank's place in a data-parallel run (default: one process).
+    `compile`: the training forward runs through ``torch.compile`` (weights, EMA and checkpoints
+    stay those of `model`)."""
     world = world or World()
     snapshots = snapshots or {}
     autocast = autocast_context(device, spec.precision)  # first: a bad pair fails before any work
@@ -229,6 +231,12 @@ def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, tra
         result.losses = list(ckpt["losses"])
         result.resumed_from = start
     net, no_sync = _wrap(model, world, device)  # after loading: DDP starts from equal weights
+    if compile:  # after DDP, as torch recommends
+        if isinstance(net, DataParallelModel):
+            net.ddp = torch.compile(net.ddp)
+        else:
+            net = torch.compile(net)
+    pin = torch.device(device).type == "cuda"  # pinned host memory: the copy is asynchronous
     write = world.is_main
 
     def payload(step: int) -> dict:
@@ -241,6 +249,8 @@ def train(model: nn.Module, formulation, data: ImageSet, spec: TrainSpec, *, tra
         t0 = time.perf_counter()
         g = step_generator(spec.seed, step)
         x, y = formulation.make_batch(data, spec.batch_size, g)  # the global batch, every rank
+        if pin:
+            x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         after_batch = g.get_state()  # each micro-batch redraws the global noise from here
         opt.zero_grad(set_to_none=True)

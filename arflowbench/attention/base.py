@@ -26,6 +26,7 @@ A backend is an `nn.Module` built as ``Backend(dim, num_heads, chunk_size, **opt
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import torch
@@ -33,7 +34,12 @@ from pydantic import ValidationError
 from torch import nn
 
 from arflowbench.errors import ConfigError
-from arflowbench.plugins import Availability, PluginBase, format_validation_error
+from arflowbench.plugins import (
+    Availability,
+    PluginBase,
+    availability_for,
+    format_validation_error,
+)
 
 
 class AttentionBackend(PluginBase, nn.Module):
@@ -61,7 +67,9 @@ class AttentionBackend(PluginBase, nn.Module):
             self.config = self.Config(**options)
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, f"attention {self.name!r} options")) from None
-        self.implementation = self.availability().implementation
+        # what would run for tensors on CPU (on CUDA for CUDA-only backends); forward updates it
+        target = "cuda" if self.requires_cuda else "cpu"
+        self.implementation = availability_for(type(self), target).implementation
 
     # -- checks shared by every backend -------------------------------------------------
     def check_sequence(self, x: torch.Tensor) -> int:
@@ -100,7 +108,9 @@ class AttentionBackend(PluginBase, nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def availability(cls) -> Availability:
+    def availability(cls, device: str = "cpu") -> Availability:
+        """Can this backend run with its tensors on `device` ("cpu" or "cuda"), and with what?
+        Ask through `plugins.availability_for`, which also enforces ``requires_cuda``."""
         return Availability(True, "pytorch")
 
     # -- initialisation -----------------------------------------------------------------
@@ -129,7 +139,24 @@ def dit_basic_init(layer: nn.Linear) -> None:
 
 
 def cuda_available() -> bool:
+    """Whether this *machine* has a CUDA device. Availability depends on the run's target device
+    (`plugins.availability_for`), never on this alone."""
     return torch.cuda.is_available()
+
+
+def float32_section(fn):
+    """Run `fn` with autocast off (CUDA and CPU), for code that computes in float32 on purpose
+    (state recursions, readouts): under bf16 autocast its matmuls would otherwise run in bf16,
+    undoing the ``.float()`` of its inputs. Without autocast this is a plain call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not (torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")):
+            return fn(*args, **kwargs)
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def chunk_causal_mask(num_chunks: int, chunk_size: int, device=None) -> torch.Tensor:

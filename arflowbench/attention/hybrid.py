@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arflowbench.attention import reference as ref
-from arflowbench.attention.base import AttentionBackend, cuda_available
+from arflowbench.attention.base import AttentionBackend
 from arflowbench.attention.ops import (
     FLA_IMPL,
     PYTORCH_IMPL,
@@ -89,8 +89,8 @@ class HybridAttention(AttentionBackend):
         return self.config.decay == "gated"
 
     @classmethod
-    def availability(cls) -> Availability:
-        return Availability(True, describe(expected_implementation(cuda_available())))
+    def availability(cls, device: str = "cpu") -> Availability:
+        return Availability(True, describe(expected_implementation(device == "cuda")))
 
     # -- shared by forward and step -------------------------------------------------------
     def _project(self, x: torch.Tensor, cond: torch.Tensor | None):

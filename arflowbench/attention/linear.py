@@ -27,7 +27,7 @@ from pydantic import ValidationError, model_validator
 from torch import nn
 
 from arflowbench.attention import reference as ref
-from arflowbench.attention.base import AttentionBackend, cuda_available
+from arflowbench.attention.base import AttentionBackend, float32_section
 from arflowbench.attention.ops import (
     PYTORCH_IMPL,
     advance,
@@ -100,8 +100,8 @@ class LinearAttention(AttentionBackend):
         return self.config.decay == "gated"
 
     @classmethod
-    def availability(cls) -> Availability:
-        return Availability(True, expected_implementation(cuda_available()))
+    def availability(cls, device: str = "cpu") -> Availability:
+        return Availability(True, expected_implementation(device == "cuda"))
 
     # -- shared by forward and step --------------------------------------------------------
     def _phi(self, t: torch.Tensor) -> torch.Tensor:
@@ -126,6 +126,15 @@ class LinearAttention(AttentionBackend):
         """Mixed output (B, L, D) and, given a carried ``state`` (one chunk: `step`), the state
         after it; without one (`forward`) the sequence starts from a zero state, returned as None."""
         q, k, v, log_decay = self._project(x, cond)  # (B, H, C, N, d); (B, H, C, N) or None
+        num, new_state = self._mix_heads(q, k, v, log_decay, state)
+        b, h, c, n, d = num.shape
+        o = num.permute(0, 2, 3, 1, 4).reshape(b, c * n, h * d)  # (B, L, D)
+        return self.o_proj(o.to(x.dtype)), new_state
+
+    @float32_section  # state increments, recursion and normaliser stay float32 under autocast
+    def _mix_heads(self, q, k, v, log_decay, state: State | None):
+        """Per-head mixed values (B, H, C, N, d) from float32 q, k, v (B, H, C, N, d) and
+        log-decay (B, H, C, N) or None; with a carried ``state``, also the state after it."""
         kv = k.transpose(-1, -2) @ v  # (B, H, C, d, d): KV_c
         intra = q @ kv  # intra-chunk, bidirectional: phi(q_i) KV_c
         log_gamma = None if log_decay is None else chunk_log_decay(log_decay)  # (B, H, C)
@@ -146,9 +155,7 @@ class LinearAttention(AttentionBackend):
             q_dec = decay_queries(q, log_decay)
             den = (q * ksum.unsqueeze(3)).sum(-1) + (q_dec * zs.unsqueeze(3)).sum(-1)
             num = num / (den + EPS).unsqueeze(-1)
-        b, h, c, n, d = num.shape
-        o = num.permute(0, 2, 3, 1, 4).reshape(b, c * n, h * d)  # (B, L, D)
-        return self.o_proj(o.to(x.dtype)), new_state
+        return num, new_state
 
     # -- the contract ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,7 +17,6 @@ y_t = C_t h_t + D x_t; out = out_proj(y * silu(z)), with A = -exp(A_log).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -26,17 +25,41 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError, model_validator
 from torch import nn
 
-from arflowbench.attention.base import AttentionBackend, cuda_available
+from arflowbench.attention import gpu_libs
+from arflowbench.attention.base import AttentionBackend, float32_section
 from arflowbench.errors import ConfigError
 from arflowbench.plugins import Availability, PluginBase, format_validation_error
 
 CUDA_IMPL = "mamba-ssm CUDA"
+#: conv widths causal-conv1d's kernel accepts (its C++ checks 2 <= width <= 4)
+CAUSAL_CONV1D_WIDTHS = range(2, 5)
 
 State = dict[str, torch.Tensor]
 
 
-def _mamba_ssm_importable() -> bool:
-    return importlib.util.find_spec("mamba_ssm") is not None
+def cuda_path_problem(d_conv: int) -> str:
+    """"" when mamba-ssm's CUDA path can run a mixer of conv width `d_conv` here, else why not.
+
+    mamba-ssm's ``Mamba`` uses causal-conv1d whenever that imports, and its kernel takes conv
+    widths 2-4 only: other widths then go to our PyTorch path (with causal-conv1d absent,
+    mamba-ssm's own fallback is ``nn.Conv1d``, which takes any width)."""
+    why = gpu_libs.problem("mamba-ssm")
+    if why:
+        return why
+    if d_conv not in CAUSAL_CONV1D_WIDTHS and not gpu_libs.problem("causal-conv1d"):
+        return (f"d_conv {d_conv} outside causal-conv1d's widths "
+                f"{CAUSAL_CONV1D_WIDTHS.start}-{CAUSAL_CONV1D_WIDTHS.stop - 1}")
+    return ""
+
+
+def cuda_implementation(d_conv: int) -> str:
+    """What runs a forward on CUDA tensors: mamba-ssm (naming causal-conv1d when it does the
+    convolution), else the PyTorch scan with the reason."""
+    why = cuda_path_problem(d_conv)
+    if why:
+        return f"pytorch selective scan (CUDA; mamba-ssm not used: {why})"
+    conv = "" if gpu_libs.problem("causal-conv1d") else " + causal-conv1d"
+    return CUDA_IMPL + conv
 
 
 def sequential_scan(
@@ -141,10 +164,11 @@ class MambaMixer(AttentionBackend):
         self.D = nn.Parameter(torch.ones(e))
 
     @classmethod
-    def availability(cls) -> Availability:
-        if cuda_available():
-            impl = CUDA_IMPL if _mamba_ssm_importable() else "pytorch selective scan (CUDA)"
-            return Availability(True, impl)
+    def availability(cls, device: str = "cpu") -> Availability:
+        """Always available: mamba-ssm on CUDA targets when it imports (default conv width),
+        the PyTorch scan otherwise (the reason is in the implementation string)."""
+        if device == "cuda":
+            return Availability(True, cuda_implementation(cls.Config().d_conv))
         return Availability(True, "pytorch selective scan (CPU)")
 
     # -- the PyTorch path ----------------------------------------------------------------------
@@ -158,32 +182,43 @@ class MambaMixer(AttentionBackend):
         xc = F.silu(xc).transpose(1, 2)  # (B, L, E)
         dt, b_in, c_in = self.x_proj(xc).split([self.dt_rank, n_state, n_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt)).float()  # (B, L, E)
+        y, h_last = self._scan(xc, delta, b_in, c_in, state["ssm"], sequential)
+        out = self.out_proj((y * F.silu(z.float())).to(x.dtype))
+        # clone: a view would keep the whole (B, E, L) input alive
+        new_state = {"conv": conv_in[:, :, conv_in.shape[2] - (k - 1):].clone(), "ssm": h_last}
+        return out, new_state
+
+    @float32_section  # the scan and its readout stay float32 under bf16 autocast
+    def _scan(self, xc: torch.Tensor, delta: torch.Tensor, b_in: torch.Tensor,
+              c_in: torch.Tensor, ssm: torch.Tensor, sequential: bool):
+        """Selective scan from state `ssm` (B, E, S) over conv outputs `xc` (B, L, E) with step
+        sizes `delta` (B, L, E) and inputs B, C (B, L, S): the readout y (B, L, E) float32 and
+        the last state (B, E, S), a new tensor."""
         a = -torch.exp(self.A_log.float())  # (E, S)
         dA = torch.exp(delta[..., None] * a)  # (B, L, E, S)
         u = (delta * xc.float())[..., None] * b_in.float()[:, :, None, :]  # (B, L, E, S)
-        h0 = state["ssm"].float()
+        h0 = ssm.float()
         hs = (sequential_scan if sequential else chunked_scan)(dA, u, h0)
         y = (hs @ c_in.float()[..., None]).squeeze(-1) + self.D.float() * xc.float()  # (B, L, E)
-        out = self.out_proj((y * F.silu(z.float())).to(x.dtype))
-        # clone: views would keep the whole (B, E, L) input and (B, L, E, S) scan alive
-        new_state = {"conv": conv_in[:, :, conv_in.shape[2] - (k - 1):].clone(),
-                     "ssm": hs[:, -1].clone()}
-        return out, new_state
+        # clone: a view would keep the whole (B, L, E, S) scan alive
+        return y, hs[:, -1].clone()
 
     # -- the contract --------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         self.check_sequence(x)
-        if x.is_cuda and _mamba_ssm_importable():
-            self.implementation = CUDA_IMPL
+        if x.is_cuda and not cuda_path_problem(self.config.d_conv):
+            self.implementation = cuda_implementation(self.config.d_conv)
             return torch.func.functional_call(self._mamba_ssm(), dict(self.named_parameters()),
                                               (x,))
-        self.implementation = f"pytorch selective scan ({'CUDA' if x.is_cuda else 'CPU'})"
+        self.implementation = (cuda_implementation(self.config.d_conv) if x.is_cuda
+                               else "pytorch selective scan (CPU)")
         return self._mix(x, self.init_state(x.shape[0], x.device))[0]
 
     def _mamba_ssm(self) -> nn.Module:
         """A mamba_ssm.Mamba of the same shapes, run with *our* parameters (functional_call).
 
-        Kept out of the module tree (no second copy in state_dict or parameters()).
+        Built on the meta device (no memory: `functional_call` supplies every parameter) and
+        kept out of the module tree (no second copy in state_dict or parameters()).
         """
         module = self.__dict__.get("_ssm_module")
         if module is None:
@@ -191,7 +226,14 @@ class MambaMixer(AttentionBackend):
 
             cfg = self.config
             module = Mamba(d_model=self.dim, d_state=cfg.d_state, d_conv=cfg.d_conv,
-                           expand=cfg.expand, dt_rank=self.dt_rank, conv_bias=True, bias=False)
+                           expand=cfg.expand, dt_rank=self.dt_rank, conv_bias=True, bias=False,
+                           device="meta")
+            ours = {n: tuple(p.shape) for n, p in self.named_parameters()}
+            theirs = {n: tuple(t.shape) for n, t in [*module.named_parameters(),
+                                                     *module.named_buffers()]}
+            if theirs != ours:  # e.g. a mamba-ssm that caps d_inner: never run half our weights
+                diff = sorted(set(theirs.items()) ^ set(ours.items()))
+                raise RuntimeError(f"mamba-ssm's Mamba does not match this mixer: {diff}")
             self.__dict__["_ssm_module"] = module
         return module
 

@@ -40,7 +40,7 @@ class SoftmaxAttention(AttentionBackend):
         self.proj = nn.Linear(dim, dim, bias=True)
 
     @classmethod
-    def availability(cls) -> Availability:
+    def availability(cls, device: str = "cpu") -> Availability:
         return Availability(True, "torch scaled_dot_product_attention")
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

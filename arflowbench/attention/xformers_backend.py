@@ -5,9 +5,13 @@ Linear(D, D)), so a state_dict moves between the two and the softmax reference a
 Only the kernel differs: the chunk-causal mask is passed to xformers as an additive attention
 bias (0 where allowed, -inf elsewhere); ``step`` attends one chunk to the KV cache without a mask.
 
-xformers' memory_efficient_attention has no CPU operator, so on a CPU machine this backend is
-unavailable (constructing it raises `PluginUnavailableError`: a matrix cell selecting it fails
-before training instead of falling back silently).
+xformers' memory_efficient_attention has no CPU operator (``requires_cuda``), so for a run whose
+target device is the CPU this backend is unavailable, even on a GPU machine: a matrix cell
+selecting it is skipped or fails before training with the reason, never falls back silently.
+Constructing it needs a machine where xformers runs on CUDA (the module may be built on the CPU
+and moved; a forward on CPU tensors raises `PluginUnavailableError`). Whether xformers runs is
+tried once per process (`gpu_libs`): an install built against another torch is unavailable with
+the import or call error as the reason.
 
 Head dims: xformers' cutlass operator accepts K up to 65536 but needs the last dimension aligned
 (4 elements in float32, 8 in float16/bfloat16 on sm80+), and its flash operators take K <= 256.
@@ -16,11 +20,11 @@ We accept what every operator takes: head_dim a multiple of 8 and at most 256.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, ClassVar
 
 import torch
 
+from arflowbench.attention import gpu_libs
 from arflowbench.attention.base import chunk_causal_mask, cuda_available
 from arflowbench.attention.softmax import KVCache, SoftmaxAttention
 from arflowbench.errors import ConfigError, PluginUnavailableError
@@ -29,6 +33,7 @@ from arflowbench.plugins import Availability
 IMPL = "xformers memory_efficient_attention (CUDA)"
 NO_CPU = "xformers memory_efficient_attention has no CPU operator (CUDA only)"
 NOT_INSTALLED = "xformers not installed (pip install 'arflowbench[gpu]')"
+NO_DEVICE = "xformers needs a CUDA device; torch sees none on this machine"
 MAX_HEAD_DIM = 256
 HEAD_DIM_MULTIPLE = 8
 
@@ -53,19 +58,24 @@ class XFormersAttention(SoftmaxAttention):
                 f"supported; xformers needs a multiple of {HEAD_DIM_MULTIPLE} and at most "
                 f"{MAX_HEAD_DIM}"
             )
-        avail = self.availability()
+        avail = self.availability("cuda")  # built on the CPU, run on CUDA: the machine decides
         if not avail.available:
             raise PluginUnavailableError(f"attention {self.name!r} is unavailable here: "
                                          f"{avail.reason}")
         super().__init__(dim, num_heads, chunk_size, **options)
 
     @classmethod
-    def availability(cls) -> Availability:
-        if not cuda_available():
+    def availability(cls, device: str = "cpu") -> Availability:
+        """Unavailable for CPU targets; for CUDA ones, when this machine has a CUDA device and
+        xformers imports and runs there (tried once)."""
+        if device != "cuda":
             return Availability(False, "", NO_CPU)
-        if importlib.util.find_spec("xformers") is None:
+        if not cuda_available():
+            return Availability(False, "", NO_DEVICE)
+        if not gpu_libs.installed("xformers"):
             return Availability(False, "", NOT_INSTALLED)
-        return Availability(True, IMPL)
+        problem = gpu_libs.problem("xformers")
+        return Availability(False, "", problem) if problem else Availability(True, IMPL)
 
     @staticmethod
     def _check_cuda(x: torch.Tensor) -> None:

@@ -1,14 +1,16 @@
 """The attention benchmark: backend x S (images per sequence) x N (tokens per image) x mode.
 
-Modes: "forward" (no grad, the whole S*N sequence), "forward_backward" (forward plus backward
-into the parameters), "step" (one sampling step at position S: the state already holds S-1 chunks;
-the row also records the bytes of the state returned by that step). Within one configuration the
-backends are timed A/B interleaved (see `timing.time_interleaved`), so their ratios come from one
-run. Every measurement is appended at once to ``results_dir / BENCH_FILE`` (a crash keeps what
-was measured). Rows carry ``status`` "ok" or "skipped" (with ``reason``): a configuration is
-skipped when a lower bound of its cost, predicted from the same backend at the previous S, is
-over ``max_call_ms`` or ``max_memory_mb`` (cost grows at least linearly with S for the sequence
-modes and does not shrink for "step"), or after that backend failed or was skipped at a smaller S.
+Memory is measured on a backend's second call (the first, untimed, counts as a warm-up: Triton
+autotuning allocates a large buffer once). Modes: "forward" (no grad, the whole S*N sequence),
+"forward_backward" (forward plus backward into the parameters), "step" (one sampling step at
+position S: the state already holds S-1 chunks; the row also records the bytes of the state
+returned by that step). Within one configuration the backends are timed A/B interleaved (see
+`timing.time_interleaved`), so their ratios come from one run. Every measurement is appended at
+once to ``results_dir / BENCH_FILE`` (a crash keeps what was measured). Rows carry ``status``
+"ok" or "skipped" (with ``reason``): a configuration is skipped when a lower bound of its cost,
+predicted from the same backend at the previous S, is over ``max_call_ms`` or ``max_memory_mb``
+(cost grows at least linearly with S for the sequence modes and does not shrink for "step"), or
+after that backend failed or was skipped at a smaller S.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from arflowbench.benchmarks.timing import measure_peak_memory, tensor_bytes, time_interleaved
 from arflowbench.errors import ArflowbenchError, ConfigError
-from arflowbench.plugins import ATTENTION
+from arflowbench.plugins import ATTENTION, availability_for
 from arflowbench.results import BENCH_FILE, BenchRecord, append, environment_stamp
 
 MODES = ("forward", "forward_backward", "step")
@@ -33,13 +35,15 @@ DEFAULT_N = (16, 64, 256)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _resolve_backends(names: Sequence[str] | None, say: Callable[[str], None]) -> list[str]:
-    """Registered names (all by default) that can run here; the others are reported and dropped."""
+def _resolve_backends(names: Sequence[str] | None, say: Callable[[str], None],
+                      device: str = "cpu") -> list[str]:
+    """Registered names (all by default) that can run on `device` (the sweep's target, not the
+    machine); the others are reported and dropped."""
     names = list(ATTENTION.names()) if names is None else list(names)
     runnable = []
     for name in names:
         try:
-            avail = ATTENTION.load(name).availability()
+            avail = availability_for(ATTENTION.load(name), device)
         except ArflowbenchError as exc:
             say(f"skip backend {name!r}: {exc}")
             continue
@@ -125,7 +129,7 @@ def _sweep(backends, S_values, N_values, modes, dim, heads, batch, repeats, warm
         raise ConfigError("bench attention: S and N values must be >= 1")
     console = Console()
     say = console.print
-    names = _resolve_backends(backends, say)
+    names = _resolve_backends(backends, say, device)
     torch_dtype, out_file = DTYPES[dtype], Path(results_dir) / BENCH_FILE
     env = environment_stamp(device)
     rows: list[dict[str, Any]] = []
@@ -181,14 +185,17 @@ def _sweep(backends, S_values, N_values, modes, dim, heads, batch, repeats, warm
                     gc.collect()  # once per configuration: a full collection takes ~0.1-0.5 s
                     for name in list(calls):
                         try:
+                            # the first call is untimed and unmeasured (Triton autotuning
+                            # allocates a large buffer once): it counts as the first warm-up
+                            calls[name]()
                             mems[name] = measure_peak_memory(calls[name], device, collect=False)
                         except Exception as exc:  # noqa: BLE001 - one backend, not the sweep
                             blocked[(name, mode)] = f"failed at S={s}: {str(exc)[:160]}"
                             record(backend=name, mode=mode, S=s, N=n, status="skipped",
                                    reason=blocked[(name, mode)])
                             del calls[name]
-                    timings = time_interleaved(calls, warmup=warmup, repeats=repeats,
-                                               device=device)
+                    timings = time_interleaved(calls, warmup=max(warmup - 1, 0),
+                                               repeats=repeats, device=device)
                     for name, t in timings.items():
                         state_fn = state_fns[name]
                         record(backend=name, implementation=modules[name].implementation,

@@ -4,8 +4,11 @@ the same backbone flavor and batch, timed A/B interleaved, with parameters, FLOP
 It answers "how fast does this flavor train here, and how much slower is ARFlow-hybrid than
 SiT-softmax?" in minutes, without training a model to the end. Steps are full training steps
 (batch draw, forward, backward, AdamW, EMA), timed after warm-up; MFU is the FLOPs of one step
-(`torch.utils.flop_counter`) over its median time, against the fp32 matmul peak measured in the
-same process. Rows go to ``results_dir / BENCH_FILE`` as ``bench = "training"``.
+(`torch.utils.flop_counter`) over its median time, against the peak of the step's matmul dtype
+(`throughput.peak_flops`: a datasheet value for known GPUs, else measured in this process).
+On CUDA (``device="cuda"``) the step runs with TF32 on and, with ``precision="bf16"``, under bf16
+autocast, as a training cell would. Rows go to ``results_dir / BENCH_FILE`` as
+``bench = "training"``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,19 @@ import torch
 from arflowbench.benchmarks.timing import time_interleaved
 from arflowbench.config import AttentionSpec, ModelSpec, TrainSpec
 from arflowbench.errors import ConfigError
+from arflowbench.machine import configure_device
 from arflowbench.models.backbone import count_parameters
 from arflowbench.models.build import build_model
 from arflowbench.models.flavors import FLAVORS
 from arflowbench.plugins import DATASET, FORMULATION
 from arflowbench.results import BENCH_FILE, BenchRecord, append, environment_stamp
-from arflowbench.trainer import ema_decay_at, step_generator, update_ema
+from arflowbench.trainer import (
+    autocast_context,
+    autocast_dtype,
+    ema_decay_at,
+    step_generator,
+    update_ema,
+)
 
 #: "formulation-attention" pairs, e.g. "sit-softmax", "arflow-hybrid"
 DEFAULT_VARIANTS = ("sit-softmax", "arflow-hybrid")
@@ -44,8 +54,9 @@ def _variant(name: str) -> tuple[str, str]:
 
 
 def _step_fn(form_name: str, att: str, flavor: str, ds, data, batch: int, patch: int,
-             seed: int):
-    """A closure running one full training step, and (flops of one step, param count)."""
+             seed: int, device: str = "cpu", precision: str = "fp32"):
+    """A closure running one full training step, (flops of one step, param count), and the
+    model (its attention implementation is known once it ran)."""
     from arflowbench.metrics.throughput import count_flops
 
     form_cls = FORMULATION.get(form_name)
@@ -53,37 +64,48 @@ def _step_fn(form_name: str, att: str, flavor: str, ds, data, batch: int, patch:
     torch.manual_seed(seed)
     model = build_model(ModelSpec(flavor=flavor, patch_size=patch), AttentionSpec(name=att),
                         image_size=ds.image_size, channels=ds.channels,
-                        num_classes=ds.num_classes)
+                        num_classes=ds.num_classes).to(device)
     model.train()
     ema = copy.deepcopy(model).requires_grad_(False)
     spec = TrainSpec(steps=1, batch_size=batch)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr)
     state = {"step": 0}
 
+    def batch_on_device(g):
+        x, y = form.make_batch(data, batch, g)
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
     def step() -> None:
         g = step_generator(seed, state["step"])
-        x, y = form.make_batch(data, batch, g)
-        loss = form.training_loss(model, x, y, g)["loss"]
+        x, y = batch_on_device(g)
+        with autocast_context(device, precision):
+            loss = form.training_loss(model, x, y, g)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         update_ema(ema, model, ema_decay_at(spec.ema_decay, state["step"]))
         state["step"] += 1
 
-    g = step_generator(seed, 0)
-    x, y = form.make_batch(data, batch, g)
-    flops = count_flops(lambda: form.training_loss(model, x, y, g)["loss"].backward())
+    def counted() -> None:
+        g = step_generator(seed, 0)
+        x, y = batch_on_device(g)
+        with autocast_context(device, precision):
+            loss = form.training_loss(model, x, y, g)["loss"]
+        loss.backward()
+
+    flops = count_flops(counted)
     model.zero_grad(set_to_none=True)
-    return step, flops, count_parameters(model)
+    return step, flops, count_parameters(model), model
 
 
 def run_training_bench(flavors: Sequence[str] = ("debug",), variants: Sequence[str] =
                        DEFAULT_VARIANTS, *, dataset: str = "fashion-mnist", patch_size: int = 4,
                        batch: int = 40, repeats: int = 10, warmup: int = 2,
                        threads: int | None = None, results_dir: Path = Path("results"),
-                       seed: int = 0, say=print) -> list[dict[str, Any]]:
-    """Time the variants' training steps per flavor; append and return the rows."""
-    from arflowbench.metrics.throughput import matmul_peak_flops, mfu
+                       seed: int = 0, say=print, device: str = "cpu",
+                       precision: str = "fp32") -> list[dict[str, Any]]:
+    """Time the variants' training steps per flavor on `device`; append and return the rows."""
+    from arflowbench.metrics.throughput import matmul_dtype, mfu, peak_flops, uncounted_kernels
 
     bad = [f for f in flavors if f not in FLAVORS]
     if bad:
@@ -97,21 +119,28 @@ def run_training_bench(flavors: Sequence[str] = ("debug",), variants: Sequence[s
     ds = DATASET.get(dataset)()
     ds.check_available()
     data = ds.load("train")
-    env, rows = environment_stamp("cpu"), []
-    peak = matmul_peak_flops("cpu")
+    autocast_dtype(device, precision)  # bf16 on CPU: one error before any work
+    configure_device(device)  # TF32 on CUDA, before the stamp records it
+    env, rows = environment_stamp(device), []
+    dtype = matmul_dtype(device, autocast_dtype(device, precision))
+    peak, peak_source = peak_flops(device, dtype)
     for flavor in flavors:
         fns, info = {}, {}
         for v, (form, att) in pairs.items():
-            fns[v], flops, params = _step_fn(form, att, flavor, ds, data, batch, patch_size,
-                                                seed)
-            info[v] = (flops, params)
-        timings = time_interleaved(fns, warmup=warmup, repeats=repeats)
+            fns[v], flops, params, model = _step_fn(form, att, flavor, ds, data, batch,
+                                                    patch_size, seed, device, precision)
+            info[v] = (flops, params, model)
+        timings = time_interleaved(fns, warmup=warmup, repeats=repeats, device=device)
         for v, t in timings.items():
-            flops, params = info[v]
+            flops, params, model = info[v]
+            impl = model.attention_implementation
             ips = batch / (t.median_ms / 1e3)
             values = {"flavor": flavor, "variant": v, "dataset": dataset,
                       "patch_size": patch_size, "batch": batch, "param_count": params,
                       "train_flops_per_step": flops, "matmul_peak_flops": peak,
+                      "device": device, "precision": precision, "peak_dtype": dtype,
+                      "peak_source": peak_source, "attention_implementation": impl,
+                      "flops_uncounted": ", ".join(uncounted_kernels(impl)) or "none",
                       "train_images_per_s": ips,
                       "train_images_per_s_p20": batch / (t.p80_ms / 1e3),
                       "train_images_per_s_p80": batch / (t.p20_ms / 1e3),

@@ -1,8 +1,15 @@
-"""Model FLOP utilisation: measured matmul peak, counted model FLOPs, and their ratio.
+"""Model FLOP utilisation: the peak, counted model FLOPs, and their ratio.
 
-MFU here is relative to a peak *measured in this process* (square matmuls of the training dtype),
-not to a datasheet number: on a shared CPU the datasheet says little, and a measured peak makes
-MFU comparable across the machines a matrix runs on. Record the peak beside every MFU.
+The peak is that of the dtype the matmuls of training run in (bf16 under bf16 autocast, TF32
+for float32 with TF32 matmuls on, else float32; `matmul_dtype`). On a GPU listed in
+`KNOWN_PEAKS` it is the datasheet's dense peak (how MFU is quoted for GPUs); elsewhere it is
+*measured in this process* (square matmuls of that dtype): on a shared CPU the datasheet says
+little, and a measured peak makes MFU comparable across the machines a matrix runs on. Record
+the peak, its dtype and its source beside every MFU (`peak_flops`).
+
+``FlopCounterMode`` counts aten matmuls, convolutions and SDPA; custom kernels are invisible to
+it (fla's Triton cross-chunk term, mamba-ssm's selective scan, causal-conv1d, xformers'
+attention), so rows also say which ran (`uncounted_kernels`): their MFU is a lower bound.
 """
 
 from __future__ import annotations
@@ -55,6 +62,69 @@ def matmul_peak_flops(
         synchronize(device)
         times.append(time.perf_counter() - t0)
     return flops / min(times)
+
+
+#: dense (no sparsity) datasheet peaks in TFLOP/s: (name fragment, {dtype: peak}); the first
+#: fragment found in ``torch.cuda.get_device_name`` wins, so specific names come first
+KNOWN_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2}),
+    ("H100 NVL", {"bf16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    ("H100", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM
+    ("H200", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("H800", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("A800", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("L40S", {"bf16": 362.1, "tf32": 183.0, "fp32": 91.6}),
+    ("A10G", {"bf16": 70.0, "tf32": 35.0, "fp32": 31.2}),
+    ("A10", {"bf16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+    ("L4", {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    ("RTX 4090", {"bf16": 165.2, "tf32": 82.6, "fp32": 82.6}),
+)
+#: implementation-name fragment -> the kernel FlopCounterMode cannot see (fragments of what
+#: *ran*: "fla not used: ..." or "mamba-ssm not used: ..." must not match)
+UNCOUNTED = {
+    "fla chunk_simple_gla (CUDA)": "fla chunk_simple_gla (Triton)",
+    "mamba-ssm CUDA": "mamba-ssm selective scan (CUDA)",
+    "+ causal-conv1d": "causal-conv1d (CUDA)",
+    "xformers memory_efficient_attention": "xformers memory_efficient_attention",
+}
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def matmul_dtype(device: str | torch.device, autocast: torch.dtype | None) -> str:
+    """"bf16"/"fp16" under that autocast; "tf32" for float32 matmuls on CUDA with TF32 on;
+    else "fp32"."""
+    if autocast is not None:
+        return DTYPE_NAMES[autocast]
+    cuda = torch.device(device).type == "cuda"
+    return "tf32" if cuda and torch.backends.cuda.matmul.allow_tf32 else "fp32"
+
+
+def known_peak(gpu_name: str, dtype: str) -> float | None:
+    """The datasheet peak (FLOP/s) of `gpu_name` in `dtype` from `KNOWN_PEAKS`, or None."""
+    for fragment, peaks in KNOWN_PEAKS:
+        if fragment in gpu_name:
+            value = peaks.get("bf16" if dtype == "fp16" else dtype)
+            return None if value is None else value * 1e12
+    return None
+
+
+def peak_flops(device: str | torch.device, dtype: str) -> tuple[float, str]:
+    """(peak FLOP/s of one `device` in matmul `dtype`, where it comes from): the table for a
+    known GPU, else a measured matmul peak (`matmul_peak_flops`)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        value = known_peak(name, dtype)
+        if value is not None:
+            return value, f"datasheet {name} {dtype}"
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
+    return matmul_peak_flops(device, torch_dtype), f"measured {dtype} matmul"
+
+
+def uncounted_kernels(implementation: str) -> list[str]:
+    """The kernels in an attention implementation name that FlopCounterMode cannot see."""
+    return [kernel for fragment, kernel in UNCOUNTED.items() if fragment in implementation]
 
 
 def count_flops(fn: Callable[[], Any]) -> int:

@@ -84,7 +84,10 @@ class DiT(nn.Module):
         self.register_buffer("pos_embed", sincos_2d(D, self.grid)[None], persistent=False)
         self.t_embed = TimestepEmbedder(D)
         self.y_embed = LabelEmbedder(num_classes, D)
-        backend = ATTENTION.get(attention)
+        # built on the CPU (or meta) and moved later: a CUDA-only backend needs a machine that
+        # can run it on CUDA; which device a run targets is checked by `resolve`
+        cuda_only = getattr(ATTENTION.load(attention), "requires_cuda", False)
+        backend = ATTENTION.get(attention, "cuda" if cuda_only else "cpu")
         opts = attention_options or {}
         self.blocks = nn.ModuleList(
             Block(D, flavor.mlp_ratio, backend(D, flavor.heads, self.num_tokens, **opts))

@@ -30,11 +30,10 @@ def test_tiny_sweep_writes_well_formed_rows(tmp_path, capsys):
     stored = load(tmp_path / BENCH_FILE)
     assert not stored.problems and [b.flat() for b in stored.bench] == rows
     assert all(b.schema_ == SCHEMA_VERSION and b.env["torch"] for b in stored.bench)
-    runnable = [b for b in backends if b != "xformers" or torch.cuda.is_available()]
+    runnable = [b for b in backends if b != "xformers"]  # a CPU sweep, on any machine
     assert {(r["backend"], r["S"], r["mode"]) for r in rows} == {
         (b, s, m) for b in runnable for s in (1, 2) for m in MODES}
-    if "xformers" not in runnable:
-        assert "skip backend 'xformers'" in capsys.readouterr().out
+    assert "skip backend 'xformers'" in capsys.readouterr().out
     for r in rows:
         assert set(r) == ROW_KEYS
         assert (r["bench"], r["status"]) == ("attention", "ok")

@@ -86,7 +86,7 @@ def test_every_path_matches_the_naive_loop(path, gated, with_init, request, monk
         kernel = request.getfixturevalue("fla_naive_kernels")[path[4:]]
         if kernel.gate_free and gated:
             pytest.skip("fla's naive linear attention has no gate")
-        monkeypatch.setattr(recurrence, "select_kernel", lambda q, v: (kernel, FLA_IMPL))
+        monkeypatch.setattr(recurrence, "select_kernel", lambda q, v, **kw: (kernel, FLA_IMPL))
         run, want_impl = _run_pytorch(with_extras=True), FLA_IMPL
     elif path == "step":
         run, want_impl = _run_step, "step"
@@ -236,7 +236,7 @@ def test_layer_fla_code_path_on_cpu(key, fla_naive_kernels, monkeypatch):
     for path in ("fla", "pytorch"):
         with monkeypatch.context() as patch:
             if path == "fla":
-                patch.setattr(recurrence, "select_kernel", lambda q, v: (kernel, FLA_IMPL))
+                patch.setattr(recurrence, "select_kernel", lambda q, v, **kw: (kernel, FLA_IMPL))
             m.zero_grad()
             y = m(x, cond)
             (y * torch.linspace(-1, 1, 32)).sum().backward()

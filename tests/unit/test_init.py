@@ -14,7 +14,7 @@ from arflowbench.attention.base import AttentionBackend
 from arflowbench.errors import ConfigError, PluginUnavailableError
 from arflowbench.models.backbone import DiT
 from arflowbench.models.flavors import Flavor
-from arflowbench.plugins import ATTENTION
+from arflowbench.plugins import ATTENTION, availability_for
 
 #: wide enough that every weight matrix has >= 2,048 entries: a tight std estimate
 FLAVOR = Flavor(depth=2, width=128, heads=2)
@@ -25,7 +25,7 @@ def _backend_names() -> list:
     out = []
     for name in ATTENTION.names():
         try:
-            avail = ATTENTION.load(name).availability()
+            avail = availability_for(ATTENTION.load(name), "cpu")  # the models run on CPU
             reason = None if avail.available else avail.reason
         except PluginUnavailableError as err:
             reason = str(err)
@@ -66,7 +66,7 @@ def test_attention_linears_are_xavier_with_zero_bias(name):
 def test_mamba_keeps_its_own_dt_proj_A_log_and_D(monkeypatch):
     """The kept parameters are bit-identical to those of the same model built without DiT's init
     (same seed, so the same construction draws); the other Linear layers did change."""
-    if not ATTENTION.load("mamba").availability().available:
+    if not availability_for(ATTENTION.load("mamba"), "cpu").available:
         pytest.skip("mamba unavailable here")
     model = _dit("mamba")
     monkeypatch.setattr(DiT, "_init_weights", lambda self: None)

@@ -8,24 +8,31 @@ import pytest
 import torch
 
 from arflowbench.attention.softmax import SoftmaxAttention
-from arflowbench.attention.xformers_backend import NO_CPU, NOT_INSTALLED, XFormersAttention
+from arflowbench.attention.xformers_backend import (
+    NO_CPU,
+    NO_DEVICE,
+    NOT_INSTALLED,
+    XFormersAttention,
+)
 from arflowbench.errors import ConfigError, PluginUnavailableError
-from arflowbench.plugins import ATTENTION, Availability
+from arflowbench.plugins import ATTENTION, Availability, availability_for
 
 
 def _gpu_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return NO_CPU
-    if importlib.util.find_spec("xformers") is None:
-        return NOT_INSTALLED
-    return None
+    """Why xformers cannot run on CUDA on this machine (None: it can)."""
+    avail = XFormersAttention.availability("cuda")
+    return None if avail.available else avail.reason
 
 
-def test_availability_reason_matches_machine():
-    avail = XFormersAttention.availability()
+def test_availability_follows_the_target_device():
+    assert XFormersAttention.availability("cpu") == Availability(False, "", NO_CPU)
     reason = _gpu_reason()
-    assert avail.available == (reason is None)
-    assert avail.reason == (reason or "")
+    if not torch.cuda.is_available():
+        assert reason == NO_DEVICE
+    elif importlib.util.find_spec("xformers") is None:
+        assert reason == NOT_INSTALLED
+    cpu = availability_for(XFormersAttention, "cpu")  # requires_cuda, on any machine
+    assert not cpu.available and "needs a CUDA device" in cpu.reason
 
 
 @pytest.mark.skipif(_gpu_reason() is None, reason="xformers is available on this machine")
@@ -34,7 +41,9 @@ def test_constructing_when_unavailable_raises_with_reason():
         XFormersAttention(64, 4, 8)
     assert _gpu_reason() in str(err.value)
     with pytest.raises(PluginUnavailableError, match="unavailable here"):
-        ATTENTION.get("xformers")
+        ATTENTION.get("xformers", "cuda")
+    with pytest.raises(PluginUnavailableError, match="needs a CUDA device"):
+        ATTENTION.get("xformers")  # a CPU target
 
 
 @pytest.mark.parametrize("dim,heads", [(60, 2), (1024, 2), (48, 4)])
@@ -47,7 +56,7 @@ def test_head_dims_xformers_cannot_take_are_config_errors(dim, heads):
 def as_if_available(monkeypatch):
     """Pretend xformers is available so the module can be built on CPU (no kernel is run)."""
     monkeypatch.setattr(XFormersAttention, "availability",
-                        classmethod(lambda cls: Availability(True, "test")))
+                        classmethod(lambda cls, device="cpu": Availability(True, "test")))
 
 
 def test_same_parameters_as_softmax_and_softmax_reference(as_if_available):

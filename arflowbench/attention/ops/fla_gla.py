@@ -12,6 +12,13 @@ sequence so that the kernel computes exactly our recursion:
 
 fla is imported only when this path runs; whether it imports is decided once per process and,
 when it does not, the reason is part of the implementation string that the layers record.
+
+Triton versions (fla-core 0.6.0, ``fla/ops/common/chunk_o.py``): the backward of a *gated* chunk
+kernel (g not None) raises on Hopper GPUs with Triton >= 3.4.0 and < 3.7.1 (fla #640: wrong
+results) unless tilelang is installed (fla then routes it to tilelang). `gated_backward_problem`
+checks that pair before a training forward picks the kernel, so such a machine trains on the
+PyTorch path with the reason recorded instead of failing at the first backward. Triton >= 3.7.1
+(or tilelang) works on every GPU; Triton < 3.4.0 works too.
 """
 
 from __future__ import annotations
@@ -28,6 +35,33 @@ Kernel = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 FLA_IMPL = "fla chunk_simple_gla (CUDA)"
 #: fla's chunk kernels take head dims up to 256
 FLA_MAX_HEAD_DIM = 256
+#: [first, last) Triton versions whose gated chunk backward fla refuses on Hopper (fla #640)
+HOPPER_BAD_TRITON = ("3.4.0", "3.7.1")
+
+
+def gated_backward_problem(gpu_name: str, capability: tuple[int, int], triton_version: str,
+                           tilelang: bool) -> str:
+    """"" when fla's gated chunk backward runs on this GPU and Triton, else why not (fla's own
+    test: a Hopper GPU, by name "NVIDIA H..." or capability 9.x, with a Triton in
+    `HOPPER_BAD_TRITON` and no tilelang)."""
+    from packaging.version import Version
+
+    hopper = "NVIDIA H" in gpu_name or capability[0] == 9
+    lo, hi = (Version(v) for v in HOPPER_BAD_TRITON)
+    if hopper and lo <= Version(triton_version) < hi and not tilelang:
+        return (f"fla's gated chunk backward refuses Triton {triton_version} on Hopper "
+                f"(needs Triton >= {hi} or tilelang installed)")
+    return ""
+
+
+@functools.cache
+def device_gated_backward_problem(index: int) -> str:
+    """`gated_backward_problem` for CUDA device `index` and the installed Triton (once)."""
+    import triton
+
+    return gated_backward_problem(torch.cuda.get_device_name(index),
+                                  torch.cuda.get_device_capability(index), triton.__version__,
+                                  importlib.util.find_spec("tilelang") is not None)
 
 
 def fla_installed() -> bool:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from arflowbench.attention.base import float32_section
 from arflowbench.attention.ops import fla_gla
 from arflowbench.attention.ops.gates import chunk_log_decay, decay_queries
 
@@ -37,24 +38,30 @@ class Recurrence(NamedTuple):
 
 
 def expected_implementation(cuda: bool) -> str:
-    """What `chunk_recurrence` would run for tensors on CUDA (or not), without importing fla."""
+    """What `chunk_recurrence` would run for tensors on CUDA (or not); on CUDA fla is imported
+    (once per process) to know whether it really loads."""
     if not cuda:
         return PYTORCH_IMPL.format(device="CPU")
-    if fla_gla.fla_installed():
+    kernel, why = fla_gla.load_kernel()
+    if kernel is not None:
         return fla_gla.FLA_IMPL
-    return PYTORCH_IMPL.format(device="CUDA; fla not used: fla-core/triton not installed")
+    return PYTORCH_IMPL.format(device=f"CUDA; fla not used: {why}")
 
 
-def select_kernel(q: torch.Tensor, v: torch.Tensor) -> tuple[fla_gla.Kernel | None, str]:
-    """(fla kernel, FLA_IMPL) when the tensors are on CUDA and fla can run them, else (None, the
-    PyTorch form's name; on CUDA it says why fla was not used)."""
+def select_kernel(q: torch.Tensor, v: torch.Tensor,
+                  gated_backward: bool = False) -> tuple[fla_gla.Kernel | None, str]:
+    """(fla kernel, FLA_IMPL) when the tensors are on CUDA and fla can run them (and, with
+    `gated_backward`, differentiate them with a decay), else (None, the PyTorch form's name; on
+    CUDA it says why fla was not used)."""
     if not q.is_cuda:
         return None, PYTORCH_IMPL.format(device="CPU")
     if max(q.shape[-1], v.shape[-1]) > fla_gla.FLA_MAX_HEAD_DIM:
         why = f"head dim > {fla_gla.FLA_MAX_HEAD_DIM}"
     else:
         kernel, why = fla_gla.load_kernel()
-        if kernel is not None:
+        if kernel is not None and gated_backward:
+            why = fla_gla.device_gated_backward_problem(q.device.index or 0)
+        if kernel is not None and not why:
             return kernel, fla_gla.FLA_IMPL
     return None, PYTORCH_IMPL.format(device=f"CUDA; fla not used: {why}")
 
@@ -69,6 +76,7 @@ def advance(state: torch.Tensor, inc: torch.Tensor, log_gamma: torch.Tensor | No
     return log_gamma.exp().view(*log_gamma.shape, *([1] * (state.dim() - log_gamma.dim()))) * state + inc
 
 
+@float32_section
 def chunk_states(
     inc: torch.Tensor,
     log_gamma: torch.Tensor | None,
@@ -108,6 +116,7 @@ def chunk_states(
     return states, final
 
 
+@float32_section  # the state recursion and its readout stay float32 under autocast
 def chunk_recurrence(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -134,7 +143,11 @@ def chunk_recurrence(
     dv = v.shape[-1]
     log_gamma = None if log_decay is None else chunk_log_decay(log_decay)  # (B, H, C)
     q_dec = decay_queries(q, log_decay)  # (B, H, C, N, dk)
-    kernel, implementation = select_kernel(q, v)
+    if base is not None:
+        base = base.float()  # e.g. a bf16 inner term from autocast (a no-op on float32)
+    grads = log_decay is not None and torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, log_decay))
+    kernel, implementation = select_kernel(q, v, gated_backward=grads)
     if kernel is not None:
         cross, final = fla_gla.cross_via_gla(q_dec, k, v, log_gamma, initial_state, kernel,
                                              output_final_state)
@@ -151,6 +164,7 @@ def chunk_recurrence(
     return Recurrence(out, final, implementation)
 
 
+@float32_section
 def recurrent_step(
     q: torch.Tensor,
     k: torch.Tensor,
