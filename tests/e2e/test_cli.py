@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from arflowbench.cli import main
+from arflowbench.results import RunRecord, load
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG_MATRIX = ROOT / "registry" / "matrices" / "debug.toml"
@@ -35,8 +36,10 @@ def cli_inprocess(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def rows(results: Path) -> list[dict]:
-    return [json.loads(line) for line in (results / "runs.jsonl").read_text().splitlines()]
+def rows(results: Path) -> list[RunRecord]:
+    loaded = load(results / "runs.jsonl")
+    assert not loaded.problems
+    return loaded.runs
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +52,19 @@ def debug_results(tmp_path_factory) -> Path:
 
 def test_run_writes_one_complete_row_per_cell(debug_results):
     rs = rows(debug_results)
-    assert len(rs) == 2 and {r["status"] for r in rs} == {"ok"}
-    assert len({r["run_id"] for r in rs}) == 2
+    assert len(rs) == 2 and {r.status for r in rs} == {"ok"}
+    assert len({r.run_id for r in rs}) == 2 and len({r.train_id for r in rs}) == 1
     for r in rs:
-        for key in ("run_id", "status", "spec", "metrics", "env", "started", "finished"):
-            assert key in r
-        m = r["metrics"]
+        assert r.spec and r.env and r.started and r.finished and r.loss_curve
+        m = r.metrics
         for key in ("train_loss_final", "train_loss_smoothed", "train_images_per_s",
                     "sample_images_per_s", "nfe", "peak_memory_mb", "param_count"):
             assert isinstance(m[key], (int, float)), key
         assert m["nfe"] == 4  # euler, 4 steps
-        assert r["plugins"]["attention"]["implementation"]
-        assert (debug_results / r["artifacts"]["samples"]).stat().st_size > 0
-        assert r["env"]["torch"] == torch.__version__
-    assert {r["cell"]["sample.cfg_scale"] for r in rs} == {1.0, 2.0}
+        assert r.plugins["attention"].implementation
+        assert r.artifact("samples", debug_results).stat().st_size > 0
+        assert r.env["torch"] == torch.__version__
+    assert {r.cell["sample.cfg_scale"] for r in rs} == {1.0, 2.0}
 
 
 def test_second_run_skips_finished_cells(debug_results, monkeypatch, capsys):
@@ -79,7 +81,7 @@ def test_validate_lists_cells_with_run_id_and_cache_state(debug_results, monkeyp
                                    "--results-dir", str(debug_results))
     assert code == 0, err
     header, *lines, summary = out.strip().splitlines()
-    ids = {r["run_id"] for r in rows(debug_results)}
+    ids = {r.run_id for r in rows(debug_results)}
     assert header.split()[:4] == ["cell", "run_id", "train_id", "state"]
     assert len(lines) == 2
     for line in lines:
@@ -117,10 +119,10 @@ def test_a_failing_cell_fails_alone(tmp_path):
         '"sample.cfg_scale" = [1.0, 2.0]', '"train.lr" = [1e-3, 1e9]'))
     out = cli("run", "--matrix", str(matrix), "--results-dir", str(tmp_path / "r"), "--no-progress")
     assert out.returncode == 1
-    by_lr = {r["spec"]["train"]["lr"]: r for r in rows(tmp_path / "r")}
-    assert by_lr[1e-3]["status"] == "ok"
-    assert by_lr[1e9]["status"] == "failed"
-    assert "non-finite loss" in by_lr[1e9]["error"]
+    by_lr = {r.setting("train.lr"): r for r in rows(tmp_path / "r")}
+    assert by_lr[1e-3].status == "ok"
+    assert by_lr[1e9].status == "failed"
+    assert "non-finite loss" in by_lr[1e9].error
 
 
 BAD_INPUTS = {

@@ -12,7 +12,6 @@ content, not its path.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -98,6 +97,7 @@ def test_prepare_kill_resume_then_train_sample_decode_evaluate(tmp_path, monkeyp
     from arflowbench.config import Matrix, RuntimeOptions
     from arflowbench.latents.cache import LatentCache
     from arflowbench.resolve import resolve
+    from arflowbench.results import load
 
     vae, images, reference = make_inputs(tmp_path)
     args = [vae, images, SIZE]
@@ -124,24 +124,24 @@ def test_prepare_kill_resume_then_train_sample_decode_evaluate(tmp_path, monkeyp
         main()
     except SystemExit as exit_:
         assert exit_.code in (0, None), capsys.readouterr().err
-    rows = [json.loads(line) for line in (results / "runs.jsonl").read_text().splitlines()]
-    assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("error") for r in rows]
+    rows = load(results / "runs.jsonl").runs
+    assert [r.status for r in rows] == ["ok", "ok"], [r.error for r in rows]
     index = LatentCache(cache)
     ref_digest = hashlib.sha256(reference.read_bytes()).hexdigest()
     for r in rows:
-        m = r["metrics"]
+        m = r.metrics
         assert np.isfinite(m["fid"]) and m["feature_extractor"] == "inception"
         assert m["reference_sha256"] == ref_digest and m["reference_kind"] == "images"
         assert m["eval_num_samples"] == 8 and m["nfe"] == 4
-        info = r["data_info"]
+        info = r.data_info
         assert info["vae"]["weights_sha256"] == index.vae["weights_sha256"]
         assert info["latent_cache"]["path"] == str(cache)
         assert info["latent_cache"]["latent_shape"] == [4, SIZE // 8, SIZE // 8]
         from PIL import Image
 
-        with Image.open(results / r["artifacts"]["samples"]) as grid:  # decoded RGB, 2 per class
+        with Image.open(r.artifact("samples", results)) as grid:  # decoded RGB, 2 per class
             assert grid.mode == "RGB" and grid.size == (2 * SIZE + 3 * 2, CLASSES * SIZE + 5 * 2)
-    assert {r["spec"]["formulation"]["name"] for r in rows} == {"sit", "arflow"}
+    assert {r.setting("formulation.name") for r in rows} == {"sit", "arflow"}
 
     # 3. the ids follow the content: a moved cache and reference keep them
     moved = tmp_path / "moved"
@@ -149,4 +149,4 @@ def test_prepare_kill_resume_then_train_sample_decode_evaluate(tmp_path, monkeyp
     shutil.copy(reference, moved / "ref.npz")
     again = Matrix.from_file(write_matrix(tmp_path / "m2.toml", moved / "cache", moved / "ref.npz"))
     ids = {resolve(c.spec, RuntimeOptions()).run_id for c in again.cells()}
-    assert ids == {r["run_id"] for r in rows}
+    assert ids == {r.run_id for r in rows}
