@@ -206,10 +206,11 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
             queue.append(p)
     # cells of one training run back to back: a session that ends early leaves every cell of
     # the trainings it finished done (artifacts, unlike rows, may not outlive the machine)
+    # (a training already finished here goes first: its cells need no training at all)
     first: dict[str, int] = {}
-    for p in queue:
+    for p in planned:
         first.setdefault(p.resolved.train_id, p.cell.index)
-    queue.sort(key=lambda p: (first[p.resolved.train_id], p.cell.index))
+    queue.sort(key=lambda p: (p.state != TRAINED, first[p.resolved.train_id], p.cell.index))
     running: dict[int, tuple[Planned, Job, object, int]] = {}
     try:
         with sigterm_interrupts():
