@@ -37,10 +37,15 @@ def quality_vs_images(df: pd.DataFrame, displays: Mapping[str, Any], title: str,
     metrics = list(dict.fromkeys(df["metric"]))
     if not metrics:
         return None
-    fig, axes = _figure(1, len(metrics), width=5.0, height=3.6)
+    ncols = min(3, len(metrics))  # a grid, so the figure stays readable at page width
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = _figure(nrows, ncols, width=4.6, height=3.4)
+    cells = list(axes.flat)
+    for ax in cells[len(metrics):]:
+        ax.set_visible(False)
     seeds = df.groupby(["cell", "images_seen", "metric"])["run_id"].nunique().max() > 1
     with sns.axes_style(_STYLE):
-        for ax, key in zip(axes[0], metrics, strict=True):
+        for ax, key in zip(cells, metrics):
             part = df[df["metric"] == key]
             sns.lineplot(data=part, x="images_seen", y="value", hue="cell", marker="o", ax=ax,
                          errorbar=("ci", 95) if seeds else None)

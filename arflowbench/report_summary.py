@@ -21,8 +21,8 @@ from arflowbench.report_bench import _bench_tables, _scalar, attention_crossover
 RUN_METRICS = {
     "train_loss_final": "loss (final)", "train_loss_smoothed": "loss (smoothed)",
     "train_images_per_s": "train img/s", "sample_images_per_s": "sample img/s", "nfe": "NFE",
-    "peak_memory_mb": "peak mem (MB)", "param_count": "params", "mfu": "MFU",
-    "duration_s": "time (s)",
+    "peak_memory_mb": "peak mem (MB)", "train_peak_memory_mb": "train peak mem (MB)",
+    "param_count": "params", "mfu": "MFU", "duration_s": "time (s)",
 }
 
 
@@ -55,7 +55,8 @@ DETAIL_METRICS = {
     "classifier_test_accuracy", "extractor_version", "kid_subset_size", "kid_subsets",
     "matmul_peak_flops", "reference_num", "sample_image_nfe_per_s", "train_achieved_flops",
     "train_flops_per_step", "resumed_from_step", "classifier_version",
-    "peak_dtype", "peak_source", "flops_uncounted",
+    "peak_dtype", "peak_source", "flops_uncounted", "grad_accum", "world_size",
+    "train_steps_timed",
 }
 # Spec-determined or spread values: not averaged over seeds.
 NOT_AGGREGATED = {"nfe", "param_count", "eval_num_samples", "cfg_scale"}
