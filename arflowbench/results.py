@@ -2,7 +2,7 @@
 
 Producers (the cell, the runner's failed-row path, the benchmarks) build a `RunRecord` or a
 `BenchRecord` and `append` it; consumers (report, `validate`, tests, users' scripts) read them
-back with `load_runs` / `load_bench`. Nothing else writes or parses rows, so the schema lives
+back with `load`. Nothing else writes or parses rows, so the schema lives
 here once. `Job` is what the runner hands an executor (one cell to run).
 
 Rows are written whole: one `os.write` of the full line under an exclusive `fcntl` lock, then
@@ -51,7 +51,7 @@ _ID_RE = re.compile(ID_PATTERN)
 _RUN_ID_RE = re.compile(r'"run_id"\s*:\s*"([0-9a-f]+)"')
 
 __all__ = ["BenchRecord", "EvalPoint", "Job", "PluginRef", "RunRecord", "append", "append_row",
-           "environment_stamp", "load_bench", "load_runs", "now_iso", "read_rows"]
+           "environment_stamp", "load", "now_iso", "read_rows"]
 
 
 def is_id(value: Any) -> bool:
@@ -330,14 +330,6 @@ def load(*paths: str | os.PathLike) -> Loaded:
                 continue
             (out.bench if isinstance(rec, BenchRecord) else out.runs).append(rec)
     return out
-
-
-def load_runs(path: str | os.PathLike) -> Loaded:
-    return load(path)
-
-
-def load_bench(path: str | os.PathLike) -> Loaded:
-    return load(path)
 
 
 def finished_run_ids(path: str | os.PathLike) -> set[str]:

@@ -74,21 +74,10 @@ def single_thread():
     torch.set_num_threads(before)
 
 
+
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
-    """`run_cli(*args) -> (exit code, stdout, stderr)`: the console entry point in this process."""
-    import sys
+    """`run_cli(*args) -> (exit code, stdout, stderr)`: `cli_inprocess` with the fixtures bound."""
+    from e2e.test_cli import cli_inprocess
 
-    from arflowbench.cli import main
-
-    def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["arflowbench", *args])
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
+    return lambda *args: cli_inprocess(monkeypatch, capsys, *args)
