@@ -17,6 +17,7 @@ import typer
 from arflowbench.cli_bench import bench_app
 from arflowbench.cli_ls import ls
 from arflowbench.cli_options import (
+    CELLS,
     DATA_ROOT,
     DEVICE,
     MATRIX,
@@ -25,6 +26,7 @@ from arflowbench.cli_options import (
     SET,
     THREADS,
     load_matrix,
+    parse_cells,
     progress_enabled,
     results_dir_for,
 )
@@ -122,7 +124,8 @@ def _print_estimate(planned, peak: float, mfu: float) -> None:
 
 @app.command()
 def run(matrix: str = MATRIX, results_dir: Path | None = RESULTS,
-        data_root: Path | None = DATA_ROOT, sets: list[str] = SET, device: str = DEVICE,
+        data_root: Path | None = DATA_ROOT, sets: list[str] = SET, cells: str | None = CELLS,
+        device: str = DEVICE,
         checkpoint_every: int = typer.Option(100, help="steps between checkpoints"),
         progress: bool | None = PROGRESS, threads: int | None = THREADS,
         compile: bool = typer.Option(False, "--compile", help="train through torch.compile "
@@ -146,6 +149,7 @@ def run(matrix: str = MATRIX, results_dir: Path | None = RESULTS,
     from arflowbench.runner import run_matrix
 
     m = load_matrix(matrix, sets)
+    only = parse_cells(cells, len(m.cells()))
     results_dir = results_dir_for(results_dir, m.name)
     rt = _runtime(results_dir, data_root, device=device, checkpoint_every=checkpoint_every,
                   progress=progress_enabled(progress), threads=threads, compile=compile)
@@ -167,7 +171,8 @@ def run(matrix: str = MATRIX, results_dir: Path | None = RESULTS,
         _check_gpus(rt.device, nproc_per_node)
         ex = LocalExecutor(nproc_per_node)
     rt = rt.model_copy(update={"world_size": nproc_per_node})  # batch split checked per cell
-    counts = run_matrix(m, rt, ex, echo=typer.echo, warn=lambda msg: typer.echo(msg, err=True))
+    counts = run_matrix(m, rt, ex, echo=typer.echo, warn=lambda msg: typer.echo(msg, err=True),
+                        cells=only)
     typer.echo(f"{m.name}: {counts['ok']} ok, {counts['failed']} failed, "
                f"{counts['cached']} cached, {counts['skipped']} skipped")
     if counts["failed"]:

@@ -22,6 +22,8 @@ DEVICE = typer.Option("auto", "--device", help="auto (cuda when present, else cp
 PROGRESS = typer.Option(None, "--progress/--no-progress",
                         help="progress bars (default: on when stdout is a terminal)")
 THREADS = typer.Option(None, "--threads", help="torch intra-op threads (default: torch's)")
+CELLS = typer.Option(None, "--cells", help="only these cells, by the index `validate` prints: "
+                     "3,9,25-29 (the others are left as they are)")
 SET = typer.Option([], "--set", help="override a spec value in every cell, checked like the "
                    "file: --set train.steps=100 --set sample.cfg_scale=1.5 (repeatable)")
 
@@ -61,3 +63,25 @@ def results_dir_for(results_dir: Path | None, matrix_name: str) -> Path:
     from arflowbench.registry_files import default_results_dir
 
     return results_dir if results_dir is not None else default_results_dir(matrix_name)
+
+
+def parse_cells(text: str | None, count: int) -> frozenset[int] | None:
+    """``--cells 3,9,25-29`` -> {3, 9, 25, ..., 29}; None -> None (every cell). Indices are
+    checked against the matrix's `count` cells: one error naming the bad part."""
+    from arflowbench.errors import ConfigError
+
+    if text is None:
+        return None
+    picked: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        lo, dash, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi if dash else lo)
+        except ValueError:
+            raise ConfigError(f"--cells: {part!r} is not an index or a range like 25-29 "
+                              f"(cells are 0-{count - 1})") from None
+        if not 0 <= first <= last < count:
+            raise ConfigError(f"--cells: {part!r} is outside the matrix's cells 0-{count - 1}"
+                              + (" (a range goes low-high)" if first > last else ""))
+        picked.update(range(first, last + 1))
+    return frozenset(picked)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,9 +174,12 @@ def make_job(p: Planned, runtime: RuntimeOptions) -> Job:
 
 
 def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=print,
-               warn=_stderr, poll_s: float = 0.2) -> dict[str, int]:
-    """Run every pending cell; returns counts of ok / failed / cached / skipped cells.
-    `echo` gets progress lines, `warn` warnings (corrupt rows, re-runs, stale claims).
+               warn=_stderr, poll_s: float = 0.2,
+               cells: Collection[int] | None = None) -> dict[str, int]:
+    """Run every pending cell (or only those whose index is in `cells`); returns counts of
+    ok / failed / cached / skipped cells among them. `echo` gets progress lines, `warn`
+    warnings (corrupt rows, re-runs, stale claims). Every cell is still planned: trainings
+    keep the snapshots of every cell sharing them, whichever cells run now.
 
     Up to `executor.max_parallel` cells run at once (local: 1), each recorded as it ends. A
     cell sharing the training of an earlier cell starts once that one has ended (it would only
@@ -191,6 +195,8 @@ def run_matrix(matrix: Matrix, runtime: RuntimeOptions, executor=None, echo=prin
              for i, p in enumerate(planned, 1)}
     queue: list[Planned] = []
     for p in planned:
+        if cells is not None and p.cell.index not in cells:
+            continue  # --cells: left as it is, not counted
         head = heads[p.cell.index]
         if p.state == SAME_RUN and p.same_as is None and _record_same_run(runs_file, p):
             echo(f"{head}: cached ({p.describe}; recorded under {p.matrix_label})")

@@ -113,6 +113,23 @@ def test_corrupt_rows_are_reported_and_do_not_rerun_finished_cells(debug_results
     assert read_rows(results / "runs.jsonl").rows[-1]["run_id"] == "fff000"
 
 
+def test_cells_runs_only_the_named_cells(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "r"
+    args = ("run", "--matrix", str(DEBUG_MATRIX), "--results-dir", str(results), "--no-progress")
+    for bad, expected in (("2", "outside the matrix's cells 0-1"), ("x", "not an index"),
+                          ("1-0", "low-high")):
+        code, _, err = cli_inprocess(monkeypatch, capsys, *args, "--cells", bad)
+        assert code == 2 and err.startswith("error: --cells") and expected in err, err
+    code, out, err = cli_inprocess(monkeypatch, capsys, *args, "--cells", "1")
+    assert code == 0, err
+    assert [r.setting("sample.cfg_scale") for r in rows(results)] == [2.0]
+    assert out.strip().splitlines()[-1] == "debug: 1 ok, 0 failed, 0 cached, 0 skipped"
+    code, out, err = cli_inprocess(monkeypatch, capsys, *args)  # the rest; cell 1 is cached
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == "debug: 1 ok, 0 failed, 1 cached, 0 skipped"
+    assert sorted(r.setting("sample.cfg_scale") for r in rows(results)) == [1.0, 2.0]
+
+
 def test_a_failing_cell_fails_alone(tmp_path):
     matrix = tmp_path / "m.toml"
     matrix.write_text(DEBUG_MATRIX.read_text().replace(
