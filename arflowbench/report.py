@@ -49,10 +49,12 @@ from arflowbench.report_summary import (
     RUN_METRICS,
     Summary,
     aggregate_seeds,
+    differences_vs_first,
     is_seed_axis,
     metric_columns,
     metric_displays,
     summarize_rows,
+    welch_difference,
 )
 from arflowbench.sampling_report import sampling_blocks
 from arflowbench.staged_dir import staged_dir
@@ -60,8 +62,10 @@ from arflowbench.staged_dir import staged_dir
 #: the public names, several defined in `report_summary` / `report_format` (imported from here)
 __all__ = [
     "DETAIL_METRICS", "EVAL_CONTEXT", "MISSING", "NO_MATRIX", "QUALITY_METRICS", "REPORT_ENTRIES",
-    "RUN_METRICS", "Summary", "aggregate_seeds", "build_blocks", "cell_label", "fmt_axis",
-    "fmt_ci", "fmt_value", "load_results", "metric_columns", "summarize_rows", "write_report",
+    "RUN_METRICS", "Summary", "aggregate_seeds", "build_blocks", "cell_label",
+    "differences_vs_first", "fmt_axis",
+    "fmt_ci", "fmt_value", "load_results", "metric_columns", "summarize_rows", "welch_difference",
+    "write_report",
 ]
 
 #: what a report folder holds (`--out` is replaced as a whole, so nothing else may be in it)
@@ -106,6 +110,27 @@ def _seed_table(agg: pd.DataFrame, axes: list[str], metrics: dict[str, str]) -> 
     return out
 
 
+def _difference_table(quality: pd.DataFrame, axes: list[str]) -> tuple[str, pd.DataFrame] | None:
+    """(caption, table) of every configuration minus the first one, seeds paired by nothing
+    (Welch 95% CI); None unless some side has repeated seeds."""
+    compared = [m for m in QUALITY_METRICS if not m.endswith("_std")]  # spreads: not compared
+    diff = differences_vs_first(quality, axes, compared)
+    cis = [c for c in diff.columns if c.endswith("_ci95")]
+    if diff.empty or diff[cis].isna().all().all():
+        return None
+    group = [a for a in axes if not is_seed_axis(a)]
+    base = quality[quality["status"] == "ok"].iloc[0]
+    name = ", ".join(f"{lab}={fmt_axis(base[a])}" for a, lab in axis_labels(group).items())
+    out = display_table(diff, axis_labels(group), axes)
+    for m in compared:
+        label = QUALITY_METRICS[m]
+        if f"{m}_diff" in diff and diff[f"{m}_diff"].notna().any():
+            out[f"Δ {label}"] = [fmt_ci(m, d, h) for d, h in
+                                 zip(diff[f"{m}_diff"], diff[f"{m}_ci95"], strict=True)]
+    return (f"difference from {name} (this row minus it; 95% CI, Welch's t over seeds; an "
+            "interval that excludes 0 is a difference at this scale)", out)
+
+
 # ----------------------------------------------------------------------------- page content
 # The page is a list of blocks (see `arflowbench.plots.Block`) rendered as Markdown, LaTeX and
 # HTML, so the three outputs always hold the same tables.
@@ -144,6 +169,9 @@ def _matrix_blocks(m: str, s: Summary, results_dir: Path, out_dir: Path,
         if agg is not None and len(agg):
             blocks.append(("table", f"{m}: sample quality, mean ± 95% CI over {seed_names}",
                            _seed_table(agg, axes, QUALITY_METRICS)))
+            diff = _difference_table(quality, axes)
+            if diff is not None:
+                blocks.append(("table", diff[0], diff[1]))
         if len(s.published):
             blocks.append(("p", "Published (paper) numbers are listed in their own section "
                                 "below; they come from other datasets and scales."))

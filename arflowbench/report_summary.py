@@ -211,3 +211,49 @@ def aggregate_seeds(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
             rec[f"{m}_n"] = n
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def welch_difference(a: Any, b: Any) -> tuple[float, float]:
+    """(mean(b) - mean(a), 95% CI half-width) with Welch's t (unequal variances); the half-width
+    is NaN unless both sides have two or more values."""
+    import numpy as np
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if not len(a) or not len(b):
+        return math.nan, math.nan
+    diff = b.mean() - a.mean()
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, 0.0
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return diff, stats.t.ppf(0.975, dof) * se
+
+
+def differences_vs_first(runs: pd.DataFrame, axes: list[str],
+                         metrics: list[str]) -> pd.DataFrame:
+    """Each configuration's seeds against the first configuration's (the matrix's first axis
+    values): one row per other configuration with ``<metric>_diff`` and ``<metric>_ci95``
+    (Welch); empty unless seeds repeat and there are two configurations or more."""
+    seed_cols = [a for a in axes if is_seed_axis(a)]
+    group_cols = [a for a in axes if a not in seed_cols]
+    ok = runs[runs["status"] == "ok"]
+    if not seed_cols or not group_cols or ok.empty:
+        return pd.DataFrame()
+    groups = list(ok.groupby(group_cols, dropna=False, sort=False))
+    if len(groups) < 2:
+        return pd.DataFrame()
+    (_, base), out = groups[0], []
+    for key, g in groups[1:]:
+        key = key if isinstance(key, tuple) else (key,)
+        rec: dict[str, Any] = dict(zip(group_cols, key, strict=True))
+        for m in metrics:
+            if m not in ok:
+                continue
+            vals = [pd.to_numeric(t[m], errors="coerce").dropna() for t in (base, g)]
+            rec[f"{m}_diff"], rec[f"{m}_ci95"] = welch_difference(*vals)
+        out.append(rec)
+    return pd.DataFrame(out)

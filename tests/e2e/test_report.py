@@ -159,6 +159,25 @@ def test_crossover_none_when_never_faster(results: Path) -> None:
     assert cross["crossover_S"].isna().all()
 
 
+def test_difference_from_the_first_configuration_with_a_welch_interval(results: Path,
+                                                                       written) -> None:
+    s = _summary(results)
+    diff = report.differences_vs_first(s.runs[s.runs["matrix"] == "ablation"],
+                                       s.axes["ablation"], ["fid"]).set_index("formulation.name")
+    arflow, sit = ([FIDS[(f, k)] for k in (1, 2, 3)] for f in ("arflow", "sit"))
+    ci = stats.ttest_ind(sit, arflow, equal_var=False).confidence_interval(0.95)
+    assert list(diff.index) == ["sit"]  # the first configuration (arflow) is the baseline
+    assert diff.loc["sit", "fid_diff"] == pytest.approx(np.mean(sit) - np.mean(arflow))
+    assert diff.loc["sit", "fid_ci95"] == pytest.approx((ci.high - ci.low) / 2)
+    _, md, _ = written
+    caption = md[md.index("difference from attention=hybrid, formulation=arflow"):]
+    row = next(line for line in caption.splitlines() if "| sit |" in line)
+    assert f"{np.mean(sit) - np.mean(arflow):.2f} ± {(ci.high - ci.low) / 2:.2f}" in row
+    assert "Δ KID std" not in caption  # a spread is not compared
+    # one value per side: a difference without an interval
+    assert np.isnan(report.welch_difference([1.0], [2.0, 3.0])[1])
+
+
 def test_write_report_files_plots_and_labels(written) -> None:
     out, md, _ = written
     tex, page = (out / "report.tex").read_text(), (out / "index.html").read_text()
