@@ -185,25 +185,38 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
     return known + others
 
 
+def _seed_groups(runs: pd.DataFrame, axes: list[str]):
+    """(columns of the non-seed axes, ok runs, [(those axes' values as a dict, the group's runs)])
+    in first-seen order: the configurations whose seeds are repeats of each other."""
+    group_cols = [a for a in axes if not is_seed_axis(a)]
+    ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        return group_cols, ok, []
+    grouped = ok.groupby(group_cols, dropna=False, sort=False) if group_cols else [((), ok)]
+    groups = [(dict(zip(group_cols, k if isinstance(k, tuple) else (k,), strict=True)), g)
+              for k, g in grouped]
+    return group_cols, ok, groups
+
+
+def _values(g: pd.DataFrame, metric: str):
+    """The metric's numeric values in `g` (missing and non-numeric dropped), float array."""
+    return pd.to_numeric(g[metric], errors="coerce").dropna().to_numpy(float)
+
+
 def aggregate_seeds(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """Mean, 95% CI half-width (Student t, n - 1 dof) and count of every numeric metric over the
     seed axes, one row per combination of the other axes; ok runs only."""
     from scipy import stats
 
-    seed_cols = [a for a in axes if is_seed_axis(a)]
-    group_cols = [a for a in axes if a not in seed_cols]
-    ok = runs[runs["status"] == "ok"]
+    group_cols, ok, groups = _seed_groups(runs, axes)
     metrics = [m for m in metric_columns(ok) if m not in NOT_AGGREGATED]
     if ok.empty:
         return pd.DataFrame(columns=[*group_cols, "n_runs"])
-    groups = ok.groupby(group_cols, dropna=False, sort=False) if group_cols else [((), ok)]
     out = []
     for key, g in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        rec: dict[str, Any] = dict(zip(group_cols, key, strict=True))
-        rec["n_runs"] = len(g)
+        rec: dict[str, Any] = {**key, "n_runs": len(g)}
         for m in metrics:
-            vals = pd.to_numeric(g[m], errors="coerce").dropna().to_numpy(float)
+            vals = _values(g, m)
             n = len(vals)
             rec[f"{m}_mean"] = vals.mean() if n else math.nan
             rec[f"{m}_ci95"] = (stats.t.ppf(0.975, n - 1) * vals.std(ddof=1) / math.sqrt(n)
@@ -238,22 +251,14 @@ def differences_vs_first(runs: pd.DataFrame, axes: list[str],
     """Each configuration's seeds against the first configuration's (the matrix's first axis
     values): one row per other configuration with ``<metric>_diff`` and ``<metric>_ci95``
     (Welch); empty unless seeds repeat and there are two configurations or more."""
-    seed_cols = [a for a in axes if is_seed_axis(a)]
-    group_cols = [a for a in axes if a not in seed_cols]
-    ok = runs[runs["status"] == "ok"]
-    if not seed_cols or not group_cols or ok.empty:
-        return pd.DataFrame()
-    groups = list(ok.groupby(group_cols, dropna=False, sort=False))
-    if len(groups) < 2:
+    group_cols, ok, groups = _seed_groups(runs, axes)
+    if len(group_cols) == len(axes) or len(groups) < 2:  # no seed axis, or one configuration
         return pd.DataFrame()
     (_, base), out = groups[0], []
     for key, g in groups[1:]:
-        key = key if isinstance(key, tuple) else (key,)
-        rec: dict[str, Any] = dict(zip(group_cols, key, strict=True))
-        for m in metrics:
-            if m not in ok:
-                continue
-            vals = [pd.to_numeric(t[m], errors="coerce").dropna() for t in (base, g)]
-            rec[f"{m}_diff"], rec[f"{m}_ci95"] = welch_difference(*vals)
+        rec: dict[str, Any] = dict(key)
+        for m in (m for m in metrics if m in ok):
+            rec[f"{m}_diff"], rec[f"{m}_ci95"] = welch_difference(_values(base, m),
+                                                                  _values(g, m))
         out.append(rec)
     return pd.DataFrame(out)
