@@ -30,7 +30,12 @@ from arflowbench import plots, quality_curves
 from arflowbench import results as store
 from arflowbench.paper import default_paper_dir, load_published
 from arflowbench.plots import MISSING, render_html, render_latex, render_markdown
-from arflowbench.report_bench import _BENCH_CONFIG, BASELINE_BACKEND, timed_rows
+from arflowbench.report_bench import (
+    _BENCH_CONFIG,
+    BASELINE_BACKEND,
+    timed_rows,
+    training_tables,
+)
 from arflowbench.report_format import (
     axis_labels,
     cell_label,
@@ -226,9 +231,34 @@ def _bench_blocks(s: Summary, out_dir: Path, problems: list[str]) -> list[Block]
                        display_table(att, present_columns(att, cols)), True))
     if "sampling" in s.bench and {"measure", "variant"} <= set(s.bench["sampling"].columns):
         blocks += sampling_blocks(s.bench["sampling"], out_dir, problems)
+    if "training" in s.bench:
+        blocks += _training_blocks(s.bench["training"])
     for kind, df in s.bench.items():
-        if kind not in ("attention", "sampling"):
+        if kind not in ("attention", "sampling", "training"):
             blocks += _other_bench_blocks(kind, df)
+    return blocks
+
+
+def _training_blocks(df: pd.DataFrame) -> list[Block]:
+    """`bench training`: images/s, MFU and FLOPs per variant, and the hybrid / softmax ratio of
+    each interleaved run (with the thread count and machine load it was measured under)."""
+    steps, ratios = training_tables(df)
+    steps = steps.assign(gflop=pd.to_numeric(steps.get("train_flops_per_step"),
+                                             errors="coerce") / 1e9)
+    blocks: list[Block] = [("h", 2, "Training throughput")]
+    if len(ratios):
+        blocks.append(("table", "Images/s ARFlow-hybrid / SiT-softmax, one interleaved run per "
+                                "row (median [p20-p80])", display_table(ratios, {
+                                    "flavor": "flavor", "batch": "batch", "threads": "threads",
+                                    "load_avg_1m": "load (1 min)",
+                                    "ratio": "ARFlow-hybrid / SiT-softmax"})))
+    cols = {"flavor": "flavor", "variant": "variant", "threads": "threads", "batch": "batch",
+            "param_count": "params", "gflop": "GFLOP/step",
+            "train_images_per_s": "img/s", "train_images_per_s_p20": "img/s p20",
+            "train_images_per_s_p80": "img/s p80", "mfu": "MFU",
+            "load_avg_1m": "load (1 min)", "attention_implementation": "implementation"}
+    blocks.append(("table", "Training steps (median over interleaved repeats)",
+                   display_table(steps, present_columns(steps, cols)), len(steps) > 10))
     return blocks
 
 

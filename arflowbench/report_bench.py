@@ -27,7 +27,10 @@ def _scalar(value: Any) -> Any:
 def _bench_tables(rows: list[store.BenchRecord], problems: list[str]) -> dict[str, pd.DataFrame]:
     by_kind: dict[str, list[dict]] = {}
     for row in rows:
-        by_kind.setdefault(row.bench, []).append({k: _scalar(v) for k, v in row.flat().items()})
+        flat = row.flat()
+        if "threads" not in flat and "torch_threads" in row.env:  # rows before `threads`
+            flat["threads"] = row.env["torch_threads"]
+        by_kind.setdefault(row.bench, []).append({k: _scalar(v) for k, v in flat.items()})
     out = {}
     for kind, recs in by_kind.items():
         df = pd.DataFrame(recs)
@@ -88,3 +91,24 @@ def attention_crossovers(df: pd.DataFrame) -> pd.DataFrame:
                         "crossover_S": crossover(rows, label, ref_label, rec["mode"], rec["N"]),
                         "max_S": max(common, default=None)})
     return pd.DataFrame(out, columns=[c for c in cols if c in group or c not in _BENCH_CONFIG])
+
+
+def _range(p: Any) -> str:
+    """A [p20, p80] pair (a list, or canonical JSON of one) as " [a-b]", else ""."""
+    if isinstance(p, str):
+        p = json.loads(p)
+    return f" [{p[0]:.2f}-{p[1]:.2f}]" if isinstance(p, (list, tuple)) and len(p) == 2 else ""
+
+
+def training_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`bench training` rows -> (throughput rows: one per variant and run, the ratio rows: the
+    images/s of ARFlow-hybrid over SiT-softmax per interleaved run). Rows written before the
+    bench recorded ``measure`` are throughput rows. The ratio rows get ``ratio``: the median and
+    its [p20-p80] range as one string."""
+    ok = df[df["status"].fillna("ok") == "ok"] if "status" in df else df
+    measure = ok["measure"] if "measure" in ok else pd.Series("step", index=ok.index)
+    steps = ok[measure.fillna("step") == "step"]
+    ratios = ok[measure == "training_ratio"]
+    ratio_table = ratios.assign(ratio=[f"{r['ratio_median']:.3f}" + _range(r.get("ratio_p20_p80"))
+                                       for _, r in ratios.iterrows()])
+    return steps, ratio_table

@@ -15,10 +15,11 @@ from arflowbench.plots import MISSING
 from arflowbench.report_summary import metric_displays
 
 _DECIMALS = {**{k: d.decimals for k, d in metric_displays().items()},
-             "mfu": 3, "duration_s": 1, "cfg_scale": 2}
+             "mfu": 3, "duration_s": 1, "cfg_scale": 2, "load_avg_1m": 2, "gflop": 1}
 _INTEGERS = {"nfe", "eval_num_samples", "n_runs", "S", "N", "dim", "heads", "batch",
-             "state_bytes", "crossover_S", "max_S", "resolution"}
-_THREE_SIG = {"train_images_per_s", "sample_images_per_s"}
+             "state_bytes", "crossover_S", "max_S", "resolution", "threads"}
+_THREE_SIG = {"train_images_per_s", "sample_images_per_s", "train_images_per_s_p20",
+              "train_images_per_s_p80"}
 
 
 def _missing(v: Any) -> bool:

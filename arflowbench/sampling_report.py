@@ -5,13 +5,13 @@ one figure per flavor."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import seaborn as sns
 
 from arflowbench.plots import _STYLE, MISSING, _figure, _guard, _legend, _save, _slug
+from arflowbench.report_bench import _range
 
 MB = 1e6
 
@@ -23,16 +23,16 @@ def _fmt(v, spec: str) -> str:
 def _ratio_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = df[df["measure"] == "sampling_ratio"]
     out = []
-    for r in rows.itertuples():
-        p = r.ratio_p20_p80
-        if isinstance(p, str):  # lists reach the table as canonical JSON
-            p = json.loads(p)
-        p = p if isinstance(p, (list, tuple)) and len(p) == 2 else None
-        out.append({"flavor": r.flavor, "sampler": f"{r.sampler} {int(r.steps)} steps",
-                    "cfg": _fmt(r.cfg_scale, "g"), "batch": str(int(r.batch)),
-                    "ARFlow-hybrid / SiT-softmax": _fmt(r.ratio_median, ".3f")
-                    + (f" [{p[0]:.2f}-{p[1]:.2f}]" if p else "")})
-    return pd.DataFrame(out)
+    for _, r in rows.iterrows():
+        rec = {"flavor": r["flavor"], "sampler": f"{r['sampler']} {int(r['steps'])} steps",
+               "cfg": _fmt(r["cfg_scale"], "g"), "batch": str(int(r["batch"]))}
+        if pd.notna(r.get("threads")):  # rows before the bench recorded them have neither
+            rec |= {"threads": str(int(r["threads"])),
+                    "load (1 min)": _fmt(r.get("load_avg_1m"), ".2f")}
+        rec["ARFlow-hybrid / SiT-softmax"] = (_fmt(r["ratio_median"], ".3f")
+                                              + _range(r.get("ratio_p20_p80")))
+        out.append(rec)
+    return pd.DataFrame(out).fillna(MISSING)
 
 
 def _step_table(steps: pd.DataFrame) -> pd.DataFrame:

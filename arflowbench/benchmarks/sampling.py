@@ -85,7 +85,8 @@ def run_sampling_bench(
     base = {"flavor": flavor, "batch": batch,
             "image_size": image_size, "channels": channels, "patch_size": patch_size,
             "tokens_per_image": (image_size // patch_size) ** 2, "sampler": sampler,
-            "steps": steps, "cfg_scale": cfg_scale, "device": device, "warmup": warmup}
+            "steps": steps, "cfg_scale": cfg_scale, "device": device, "warmup": warmup,
+            "threads": torch.get_num_threads()}
     rows: list[dict[str, Any]] = []
 
     def record(**fields: Any) -> dict[str, Any]:

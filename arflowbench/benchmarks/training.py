@@ -135,7 +135,7 @@ def run_training_bench(flavors: Sequence[str] = ("debug",), variants: Sequence[s
             flops, params, model = info[v]
             impl = model.attention_implementation
             ips = batch / (t.median_ms / 1e3)
-            values = {"flavor": flavor, "variant": v, "dataset": dataset,
+            values = {"flavor": flavor, "variant": v, "measure": "step", "dataset": dataset,
                       "patch_size": patch_size, "batch": batch, "param_count": params,
                       "train_flops_per_step": flops, "matmul_peak_flops": peak,
                       "device": device, "precision": precision, "peak_dtype": dtype,
@@ -145,11 +145,33 @@ def run_training_bench(flavors: Sequence[str] = ("debug",), variants: Sequence[s
                       "train_images_per_s_p20": batch / (t.p80_ms / 1e3),
                       "train_images_per_s_p80": batch / (t.p20_ms / 1e3),
                       "mfu": mfu(flops / (t.median_ms / 1e3), peak),
-                      "load_avg_1m": os.getloadavg()[0], **t.as_dict()}
+                      "threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
+                      **t.as_dict()}
             rec = BenchRecord(bench="training", env=env, values=values)
             append(Path(results_dir) / BENCH_FILE, rec)
             rows.append(rec.flat())
             say(f"{flavor:8s} {v:16s} {params / 1e6:6.2f}M params  {ips:7.1f} img/s "
                 f"[{values['train_images_per_s_p20']:.1f}-{values['train_images_per_s_p80']:.1f}]"
                 f"  MFU {values['mfu']:.2f}")
+        if set(DEFAULT_VARIANTS) <= timings.keys():
+            rows.append(_ratio_row(timings, flavor, batch, device, env, results_dir, say))
     return rows
+
+
+def _ratio_row(timings, flavor: str, batch: int, device: str, env, results_dir: Path,
+               say) -> dict[str, Any]:
+    """ARFlow-hybrid's images/s over SiT-softmax's from one interleaved run, against
+    `HYBRID_SPEED_TARGET`; [p20-p80]: the ratio's range from the two timings' percentiles."""
+    sit, hyb = (timings[v] for v in DEFAULT_VARIANTS)
+    ratio = sit.median_ms / hyb.median_ms  # images/s ratio = inverse time ratio
+    values = {"flavor": flavor, "measure": "training_ratio",
+              "variant": f"{DEFAULT_VARIANTS[1]}/{DEFAULT_VARIANTS[0]}", "batch": batch,
+              "device": device, "threads": torch.get_num_threads(),
+              "load_avg_1m": os.getloadavg()[0], "ratio_median": ratio,
+              "ratio_p20_p80": [sit.p20_ms / hyb.p80_ms, sit.p80_ms / hyb.p20_ms],
+              "target": HYBRID_SPEED_TARGET, "within_target": ratio >= HYBRID_SPEED_TARGET}
+    rec = BenchRecord(bench="training", env=env, values=values)
+    append(Path(results_dir) / BENCH_FILE, rec)
+    say(f"{flavor:8s} images/s {values['variant']}: {ratio:.3f} "
+        f"(target >= {HYBRID_SPEED_TARGET})")
+    return rec.flat()

@@ -271,3 +271,27 @@ def test_sampling_bench_rows_become_ratio_step_tables_and_a_plot(tmp_path: Path)
         in section
     assert (tmp_path / "out" / "plots" / "sampling_steps_mini.png").read_bytes()[:8] == PNG_MAGIC
     assert "Benchmark: sampling" not in md  # not the raw table any more
+
+
+def test_training_bench_rows_become_a_throughput_section_with_ratios(tmp_path: Path) -> None:
+    from arflowbench.results import BenchRecord, append
+
+    d = tmp_path / "results"
+    common = {"flavor": "mini", "batch": 40, "train_flops_per_step": 61.0e9}
+    # a row from before the bench recorded `measure` and `threads`: threads from its env stamp
+    append(d / "bench.jsonl", BenchRecord(bench="training", env={"torch_threads": 1}, values={
+        **common, "variant": "sit-softmax", "train_images_per_s": 58.24, "mfu": 0.5}))
+    for variant, ips in (("sit-softmax", 120.0), ("arflow-hybrid", 99.0)):
+        append(d / "bench.jsonl", BenchRecord(bench="training", values={
+            **common, "variant": variant, "measure": "step", "threads": 2,
+            "train_images_per_s": ips, "mfu": 0.61}))
+    append(d / "bench.jsonl", BenchRecord(bench="training", values={
+        "flavor": "mini", "batch": 40, "measure": "training_ratio", "threads": 2,
+        "variant": "arflow-hybrid/sit-softmax", "load_avg_1m": 0.52, "ratio_median": 0.825,
+        "ratio_p20_p80": [0.81, 0.84], "target": 0.8, "within_target": True}))
+    md = report.write_report(d, tmp_path / "out", paper_dir=tmp_path).read_text()
+    section = md[md.index("## Training throughput"):]
+    assert "| mini | 40 | 2 | 0.52 | 0.825 [0.81-0.84] |\n" in section
+    assert "| mini | sit-softmax | 1 | 40 | 61.0 | 58.2 | 0.500 |" in section
+    assert "| mini | arflow-hybrid | 2 | 40 | 61.0 | 99.0 | 0.610 |" in section
+    assert "Benchmark: training" not in md  # not the raw table any more
