@@ -15,6 +15,7 @@ import pandas as pd
 import seaborn as sns
 
 from arflowbench.plots import _STYLE, _figure, _guard, _legend, _save, _slug
+from arflowbench.report_summary import t_interval
 
 
 def quality_points(sub: pd.DataFrame, eval_curves: Mapping[str, list], labels: Mapping[str, str],
@@ -48,7 +49,7 @@ def quality_vs_images(df: pd.DataFrame, displays: Mapping[str, Any], title: str,
         for ax, key in zip(cells, metrics):
             part = df[df["metric"] == key]
             sns.lineplot(data=part, x="images_seen", y="value", hue="cell", marker="o", ax=ax,
-                         errorbar=("ci", 95) if seeds else None)
+                         errorbar=t_interval if seeds else None)
             d = displays.get(key)
             arrow = "" if d is None or d.higher_is_better is None else \
                 (" (higher is better)" if d.higher_is_better else " (lower is better)")

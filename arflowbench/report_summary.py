@@ -203,11 +203,27 @@ def _values(g: pd.DataFrame, metric: str):
     return pd.to_numeric(g[metric], errors="coerce").dropna().to_numpy(float)
 
 
+def t_half_width(vals: Any) -> float:
+    """Half-width of the 95% CI of the mean of `vals` (Student t, n - 1 dof); NaN below 2."""
+    from scipy import stats
+
+    vals = pd.Series(vals, dtype=float).dropna()
+    n = len(vals)
+    if n < 2:
+        return math.nan
+    return stats.t.ppf(0.975, n - 1) * vals.std(ddof=1) / math.sqrt(n)
+
+
+def t_interval(vals: Any) -> tuple[float, float]:
+    """The 95% Student-t interval of the mean of `vals`, (low, high): the seed bands of the
+    report's plots, so that they match its tables (seaborn's ("ci", 95) would bootstrap)."""
+    mean, half = pd.Series(vals, dtype=float).mean(), t_half_width(vals)
+    return (mean, mean) if math.isnan(half) else (mean - half, mean + half)
+
+
 def aggregate_seeds(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """Mean, 95% CI half-width (Student t, n - 1 dof) and count of every numeric metric over the
     seed axes, one row per combination of the other axes; ok runs only."""
-    from scipy import stats
-
     group_cols, ok, groups = _seed_groups(runs, axes)
     metrics = [m for m in metric_columns(ok) if m not in NOT_AGGREGATED]
     if ok.empty:
@@ -219,8 +235,7 @@ def aggregate_seeds(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
             vals = _values(g, m)
             n = len(vals)
             rec[f"{m}_mean"] = vals.mean() if n else math.nan
-            rec[f"{m}_ci95"] = (stats.t.ppf(0.975, n - 1) * vals.std(ddof=1) / math.sqrt(n)
-                                if n >= 2 else math.nan)
+            rec[f"{m}_ci95"] = t_half_width(vals)
             rec[f"{m}_n"] = n
         out.append(rec)
     return pd.DataFrame(out)

@@ -295,3 +295,23 @@ def test_training_bench_rows_become_a_throughput_section_with_ratios(tmp_path: P
     assert "| mini | sit-softmax | 1 | 40 | 61.0 | 58.2 | 0.500 |" in section
     assert "| mini | arflow-hybrid | 2 | 40 | 61.0 | 99.0 | 0.610 |" in section
     assert "Benchmark: training" not in md  # not the raw table any more
+
+
+def test_seed_bands_of_the_quality_curve_are_the_tables_t_interval(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from arflowbench import quality_curves
+
+    fids = {20000: [20.0, 21.0, 23.5], 40000: [10.0, 10.5, 12.0]}
+    df = pd.DataFrame([{"cell": "hybrid, arflow", "run_id": f"r{i}", "images_seen": k,
+                        "metric": "fid", "value": v}
+                       for k, vals in fids.items() for i, v in enumerate(vals)])
+    figs = []
+    monkeypatch.setattr(quality_curves, "_save", lambda fig, path: figs.append(fig) or path)
+    quality_curves.quality_vs_images(df, {}, "t", tmp_path / "q.png")
+    (band,) = [c for c in figs[0].axes[0].collections if len(c.get_paths())]
+    verts = band.get_paths()[0].vertices
+    for x, vals in fids.items():
+        ys = verts[np.isclose(verts[:, 0], x), 1]
+        lo, hi = stats.t.interval(0.95, len(vals) - 1, loc=np.mean(vals), scale=stats.sem(vals))
+        assert ys.min() == pytest.approx(lo) and ys.max() == pytest.approx(hi)
