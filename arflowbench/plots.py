@@ -26,6 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from arflowbench.report_summary import t_half_width
+
 _STYLE = "whitegrid"
 MISSING = "—"  # how tables show a missing value
 #: One piece of the report page, rendered alike as Markdown, LaTeX and HTML:
@@ -152,8 +154,6 @@ def metric_vs(df: pd.DataFrame, x: str, y: str, hue: str | None, xlabel: str, yl
               title: str, path: Path) -> Path | None:
     """`y` against `x`, one line per `hue` value; repeats (seeds) at one x are shown as
     mean with a 95% t-interval, matching the aggregated tables."""
-    from scipy import stats
-
     data = df[[c for c in (x, y, hue) if c]].copy()
     data[x] = pd.to_numeric(data[x], errors="coerce")
     data[y] = pd.to_numeric(data[y], errors="coerce")
@@ -169,9 +169,8 @@ def metric_vs(df: pd.DataFrame, x: str, y: str, hue: str | None, xlabel: str, yl
         step = 0.01 * (data[x].max() - data[x].min())
         for i, (key, g) in enumerate(groups):
             key = key[0] if isinstance(key, tuple) else key
-            agg = g.groupby(x)[y].agg(["mean", "std", "count"]).sort_index()
-            tq = stats.t.ppf(0.975, np.maximum(agg["count"] - 1, 1))
-            half = np.where(agg["count"] > 1, tq * agg["std"] / np.sqrt(agg["count"]), np.nan)
+            agg = g.groupby(x)[y].agg(["mean", t_half_width]).sort_index()
+            half = agg["t_half_width"]  # NaN (no bar) where a point has one value
             ax.errorbar(agg.index + (i - (len(groups) - 1) / 2) * step, agg["mean"],
                         yerr=np.nan_to_num(half), marker="o", capsize=3,
                         label=str(key) if hue else None)

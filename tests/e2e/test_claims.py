@@ -47,6 +47,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _wait_while(condition, seconds: float, failure: str) -> None:
+    """Poll `condition` every 50 ms until it is false; fail with `failure` after `seconds`."""
+    deadline = time.time() + seconds
+    while condition():
+        assert time.time() < deadline, failure
+        time.sleep(0.05)
+
+
 def test_a_claimed_cell_is_skipped_by_runner_and_cell_naming_the_holder(tmp_path: Path) -> None:
     m, rt = tiny(tmp_path), RuntimeOptions(results_dir=tmp_path / "r", progress=False, threads=1)
     (p,) = plan(m, rt)
@@ -90,17 +98,12 @@ def test_killing_the_runner_stops_its_cell(tmp_path: Path, sig: int) -> None:
         assert cell_pid != runner.pid and _alive(cell_pid)
         os.kill(runner.pid, sig)
         runner.wait(timeout=30)
-        deadline = time.time() + 60  # generous: a loaded 2-core CI machine is slow to reap
-        while _alive(cell_pid):
-            assert time.time() < deadline, f"cell {cell_pid} outlived its runner ({sig!r})"
-            time.sleep(0.05)
+        # generous: a loaded 2-core CI machine is slow to reap
+        _wait_while(lambda: _alive(cell_pid), 60, f"cell {cell_pid} outlived its runner ({sig!r})")
         # the claim is free again: the kernel drops a dead process's flock while tearing the
         # process down, which on a loaded machine can trail what /proc shows by a moment
         claim_file = next(claims.glob(f"*/{CLAIM}"))
-        deadline = time.time() + 10
-        while peek(claim_file)[0]:
-            assert time.time() < deadline, f"the claim outlived its cell ({sig!r})"
-            time.sleep(0.05)
+        _wait_while(lambda: peek(claim_file)[0], 10, f"the claim outlived its cell ({sig!r})")
     finally:
         try:
             os.killpg(runner.pid, signal.SIGKILL)
