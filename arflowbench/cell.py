@@ -237,5 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if rec.traceback else 2
 
 
+def exit_process(code: int) -> None:
+    """Leave with `code`. Under a launcher, without the interpreter's teardown: gloo's worker
+    threads can outlive `destroy_process_group` and abort the process while its static objects
+    are destroyed (``terminate called without an active exception``, SIGABRT), turning a cell
+    whose row is written into a failed launch. Everything this process owes is on disk by now
+    (rows and checkpoints are written atomically); only the standard streams are flushed."""
+    if launched_world()[1] > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
