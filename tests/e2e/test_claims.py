@@ -34,6 +34,13 @@ sample = { sampler = "euler", steps = 2, grid_per_class = 1 }
 """
 
 
+def _sigint_default() -> None:
+    """A `preexec_fn`: SIGINT back to its default. A shell starting a command with `&` (e.g.
+    `nohup make test &`) sets it to ignored, which would outlive exec and leave the runner deaf
+    to Ctrl-C: the SIGINT case would then test the shell, not the runner."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def tiny(tmp_path: Path, cfg: str = "[1.0]", steps: int = 12) -> Matrix:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY.replace("STEPS", str(steps)).replace("CFG", cfg))
@@ -84,7 +91,8 @@ def test_killing_the_runner_stops_its_cell(tmp_path: Path, sig: int) -> None:
         [*module_argv("arflowbench.cli"), "run", "--matrix", str(tmp_path / "tiny.toml"),
          "--results-dir", str(results), "--no-progress", "--threads", "1",
          "--checkpoint-every", "100000"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=_sigint_default)
     try:
         deadline = time.time() + 120
         claims = results / "artifacts"
