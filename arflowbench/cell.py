@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from arflowbench import ui
+from arflowbench import allocator, ui
 from arflowbench.distributed import World, close_world, init_world, launched_world
 from arflowbench.errors import ArflowbenchError, PluginUnavailableError
 from arflowbench.launch import die_with_parent
@@ -209,6 +209,7 @@ def claimed_run(job: Job, world: World | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()  # a launcher (torchrun) killed by any signal takes this process with it
+    allocator.tune()  # steps reuse their pages instead of faulting them in anew (allocator.py)
     argv = sys.argv[1:] if argv is None else argv
     job = Job.model_validate_json(Path(argv[0]).read_text())
     ui.configure(job.runtime.progress)  # bars deep inside metrics follow --no-progress too

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from arflowbench import allocator
 from arflowbench.cli_bench import bench_app
 from arflowbench.cli_ls import ls
 from arflowbench.cli_options import (
@@ -248,6 +249,7 @@ def eval_samples(
 
 def main() -> None:
     """Console entry point: maps user errors to `error: ...` and exit code 2."""
+    allocator.tune()  # before any tensor: steps reuse their pages (allocator.py)
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from arflowbench import allocator
+
 
 def synchronize(device: str | torch.device) -> None:
     """Wait for queued GPU work (no-op on CPU)."""
@@ -78,4 +80,6 @@ def environment_stamp(device: str | None = None) -> dict[str, Any]:
         # float32 matmuls on TF32 tensor cores (CUDA targets only; `configure_device`)
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if cuda_target else None,
         "platform": platform.platform(),
+        # glibc malloc thresholds of this process (`allocator.tune`), or why they are glibc's own
+        "host_allocator": allocator.state,
     }
