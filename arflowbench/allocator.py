@@ -62,6 +62,12 @@ def tune() -> str:
     return state
 
 
+def short(recorded: str | None) -> str:
+    """A row's ``env.host_allocator`` in one word for tables: "tuned", or "glibc" for glibc's own
+    thresholds (rows written before this module existed record nothing: glibc's own too)."""
+    return "tuned" if recorded and recorded.startswith("glibc mallopt") else "glibc"
+
+
 def _glibc() -> ctypes.CDLL | None:
     """The process's C library when it is glibc (it has `mallopt` and `gnu_get_libc_version`)."""
     if not sys.platform.startswith("linux"):

@@ -334,11 +334,14 @@ def bench_plots(df: pd.DataFrame, crossovers: pd.DataFrame, plot_dir: Path,
 
 
 def copy_sample_grids(sub: pd.DataFrame, labels: dict[str, str], results_dir: Path, out_dir: Path,
-                      problems: list[str], absent: list[str] | None = None) -> list[tuple[str, str]]:
+                      problems: list[str], absent: list[str] | None = None,
+                      kept: Path | None = None) -> list[tuple[str, str]]:
     """Copy each run's sample grid into out_dir/samples/ so the page keeps working when moved.
     Rows are untrusted: a run_id that is not an id, or a grid path that leaves the results dir
-    (``..``, absolute, a link out) or is not an image, is skipped with a warning. Grids named by
-    rows but not on disk go to ``absent`` when given (the report says why), else a warning."""
+    (``..``, absolute, a link out) or is not an image, is skipped with a warning. A grid whose
+    artifact is not on disk (artifacts are not committed) is taken from ``kept``, the previous
+    report's folder, when that holds this run's copy (the run_id hashes the whole run: the same
+    grid); the rest go to ``absent`` when given (the report says why), else a warning."""
     from arflowbench.results import is_id, path_inside
 
     out, missing = [], []
@@ -351,10 +354,13 @@ def copy_sample_grids(sub: pd.DataFrame, labels: dict[str, str], results_dir: Pa
                             f"{str(r.samples)[:120]!r} skipped (a row must name an image inside "
                             f"the results dir and a run_id of the hash format)")
             continue
-        if not src.is_file():
-            missing.append(str(src))
-            continue
         dst = out_dir / "samples" / f"{r.run_id}{src.suffix.lower()}"
+        if not src.is_file():
+            earlier = None if kept is None else kept / "samples" / dst.name
+            if earlier is None or earlier.is_symlink() or not earlier.is_file():
+                missing.append(str(src))
+                continue
+            src = earlier
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
         out.append((f"{labels[r.run_id]} ({r.run_id})", dst.relative_to(out_dir).as_posix()))

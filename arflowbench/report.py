@@ -142,7 +142,7 @@ def _difference_table(quality: pd.DataFrame, axes: list[str]) -> tuple[str, pd.D
 Block = plots.Block
 
 
-def _matrix_blocks(m: str, s: Summary, results_dir: Path, out_dir: Path,
+def _matrix_blocks(m: str, s: Summary, results_dir: Path, out_dir: Path, kept: Path | None,
                    problems: list[str]) -> list[Block]:
     sub = s.runs[s.runs["matrix"] == m]
     axes = s.axes[m]
@@ -190,7 +190,7 @@ def _matrix_blocks(m: str, s: Summary, results_dir: Path, out_dir: Path,
                                                 metric_displays(), out_dir / "plots", problems)
     blocks += [("img", cap, p.relative_to(out_dir).as_posix()) for cap, p in figs]
     absent: list[str] = []
-    gallery = plots.copy_sample_grids(sub, labels, results_dir, out_dir, problems, absent)
+    gallery = plots.copy_sample_grids(sub, labels, results_dir, out_dir, problems, absent, kept)
     if gallery:
         blocks += [("h", 3, "Sample grids"),
                    ("p", "One row per class, class 0 at the top (the dataset's class order); "
@@ -251,12 +251,14 @@ def _training_blocks(df: pd.DataFrame) -> list[Block]:
                                 "row (median [p20-p80])", display_table(ratios, {
                                     "flavor": "flavor", "batch": "batch", "threads": "threads",
                                     "load_avg_1m": "load (1 min)",
+                                    "host_allocator": "allocator",
                                     "ratio": "ARFlow-hybrid / SiT-softmax"})))
     cols = {"flavor": "flavor", "variant": "variant", "threads": "threads", "batch": "batch",
             "param_count": "params", "gflop": "GFLOP/step",
             "train_images_per_s": "img/s", "train_images_per_s_p20": "img/s p20",
             "train_images_per_s_p80": "img/s p80", "mfu": "MFU",
-            "load_avg_1m": "load (1 min)", "attention_implementation": "implementation"}
+            "load_avg_1m": "load (1 min)", "host_allocator": "allocator",
+            "attention_implementation": "implementation"}
     blocks.append(("table", "Training steps (median over interleaved repeats)",
                    display_table(steps, present_columns(steps, cols)), len(steps) > 10))
     return blocks
@@ -297,16 +299,18 @@ def _published_blocks(pub: pd.DataFrame) -> list[Block]:
              display_table(pub, present_columns(pub, cols)))]
 
 
-def build_blocks(s: Summary, results_dir: Path, out_dir: Path) -> list[Block]:
-    """The whole report as blocks. Side effects: writes plots, copies sample grids, and adds
-    the warnings met on the way (missing grids, failed plots) to ``s.problems``."""
+def build_blocks(s: Summary, results_dir: Path, out_dir: Path,
+                 kept: Path | None = None) -> list[Block]:
+    """The whole report as blocks. Side effects: writes plots, copies sample grids (from the
+    runs' artifacts, else from ``kept``, a previous report folder), and adds the warnings met on
+    the way (missing grids, failed plots) to ``s.problems``."""
     problems = list(s.problems)
     body: list[Block] = []
     if s.runs.empty and not s.bench:
         body.append(("p", f"No run rows yet in {results_dir / store.RUNS_FILE}: run a matrix "
                           "(arflowbench run ...) and report again."))
     for m in s.axes:
-        body += _matrix_blocks(m, s, results_dir, out_dir, problems)
+        body += _matrix_blocks(m, s, results_dir, out_dir, kept, problems)
     body += _bench_blocks(s, out_dir, problems) + _published_blocks(s.published)
     n_ok = int((s.runs["status"] == "ok").sum()) if len(s.runs) else 0
     head: list[Block] = [
@@ -339,7 +343,8 @@ def write_report(results_dir: Path, out_dir: Path, paper_dir: Path | None = None
     summary = summarize_rows(loaded.runs, loaded.bench, published)
     summary.problems = loaded.problems + paper_problems + summary.problems
     with staged_dir(out_dir, REPORT_ENTRIES) as stage:  # a killed report leaves the old one
-        blocks = build_blocks(summary, results_dir, stage)
+        # grids of runs whose artifacts are gone (a fresh clone) are kept from the old report
+        blocks = build_blocks(summary, results_dir, stage, kept=out_dir)
         for p in summary.problems:
             print(p, file=sys.stderr)
         (stage / "report.md").write_text(render_markdown(blocks))

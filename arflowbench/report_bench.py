@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from arflowbench import allocator
 from arflowbench import results as store
 
 BASELINE_BACKEND = "softmax"
@@ -30,6 +31,7 @@ def _bench_tables(rows: list[store.BenchRecord], problems: list[str]) -> dict[st
         flat = row.flat()
         if "threads" not in flat and "torch_threads" in row.env:  # rows before `threads`
             flat["threads"] = row.env["torch_threads"]
+        flat["host_allocator"] = allocator.short(row.env.get("host_allocator"))
         by_kind.setdefault(row.bench, []).append({k: _scalar(v) for k, v in flat.items()})
     out = {}
     for kind, recs in by_kind.items():

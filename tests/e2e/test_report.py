@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,24 @@ def test_write_report_files_plots_and_labels(written) -> None:
     assert "Benchmark: sampler" in md  # unknown bench kinds get a generic table
 
 
+def test_grids_of_runs_whose_artifacts_are_gone_are_kept_from_the_previous_report(
+        results: Path, tmp_path: Path) -> None:
+    d = tmp_path / "results"
+    shutil.copytree(results, d)
+    out = tmp_path / "out"
+    with contextlib.redirect_stderr(io.StringIO()):
+        report.write_report(d, out, paper_dir=tmp_path)
+        before = {p.name: p.read_bytes() for p in (out / "samples").iterdir()}
+        shutil.rmtree(d / "artifacts")  # a fresh clone: rows and the committed report only
+        md = report.write_report(d, out, paper_dir=tmp_path).read_text()
+        fresh = report.write_report(d, tmp_path / "new", paper_dir=tmp_path).read_text()
+    assert len(before) == len(FIDS)
+    assert {p.name: p.read_bytes() for p in (out / "samples").iterdir()} == before
+    assert "are not here" not in md and "samples/sit1.png" in md
+    assert f"{len(FIDS)} sample grid(s) are not here" in fresh  # nothing to keep them from
+    assert not (tmp_path / "new" / "samples").exists()
+
+
 def test_fid_plots_when_matrix_varies_cfg_or_steps(tmp_path: Path) -> None:
     d = tmp_path / "results"
     for i, (cfg, seed) in enumerate([(1.0, 1), (1.0, 2), (1.5, 1), (1.5, 2), (2.0, 1)]):
@@ -253,7 +272,8 @@ def test_sampling_bench_rows_become_ratio_step_tables_and_a_plot(tmp_path: Path)
 
     d = tmp_path / "results"
     common = {"flavor": "mini", "sampler": "sde", "steps": 250, "cfg_scale": 1.5, "batch": 2}
-    append(d / "bench.jsonl", BenchRecord(bench="sampling", values={
+    tuned = {"host_allocator": "glibc mallopt: mmap threshold 32 MiB"}  # `allocator.state`
+    append(d / "bench.jsonl", BenchRecord(bench="sampling", env=tuned, values={
         **common, "measure": "sampling_ratio", "variant": "arflow-hybrid/sit-softmax",
         "ratio_median": 1.08, "ratio_p20_p80": [1.02, 1.11], "target": 1.15}))
     for variant, per_pos in (("arflow-hybrid", lambda k: (20.0, 4.7e6)),
@@ -265,7 +285,7 @@ def test_sampling_bench_rows_become_ratio_step_tables_and_a_plot(tmp_path: Path)
                 "median_ms": ms, "state_bytes": state}))
     md = report.write_report(d, tmp_path / "out", paper_dir=tmp_path).read_text()
     section = md[md.index("## Sampling cost"):]
-    assert "| mini | sde 250 steps | 1.5 | 2 | 1.080 [1.02-1.11] |\n" in section
+    assert "| mini | sde 250 steps | 1.5 | 2 | tuned | 1.080 [1.02-1.11] |\n" in section
     assert "target" not in section  # the bench's internal target is not a result
     assert "| mini | arflow-softmax | 11.0 ms, 1.0 MB | 60.0 ms, 50.0 MB | 260.0 ms, 250.0 MB |" \
         in section
@@ -282,7 +302,8 @@ def test_training_bench_rows_become_a_throughput_section_with_ratios(tmp_path: P
     append(d / "bench.jsonl", BenchRecord(bench="training", env={"torch_threads": 1}, values={
         **common, "variant": "sit-softmax", "train_images_per_s": 58.24, "mfu": 0.5}))
     for variant, ips in (("sit-softmax", 120.0), ("arflow-hybrid", 99.0)):
-        append(d / "bench.jsonl", BenchRecord(bench="training", values={
+        env = {"host_allocator": "glibc mallopt: mmap threshold 32 MiB"}  # `allocator.state`
+        append(d / "bench.jsonl", BenchRecord(bench="training", env=env, values={
             **common, "variant": variant, "measure": "step", "threads": 2,
             "train_images_per_s": ips, "mfu": 0.61}))
     append(d / "bench.jsonl", BenchRecord(bench="training", values={
@@ -291,9 +312,10 @@ def test_training_bench_rows_become_a_throughput_section_with_ratios(tmp_path: P
         "ratio_p20_p80": [0.81, 0.84], "target": 0.8, "within_target": True}))
     md = report.write_report(d, tmp_path / "out", paper_dir=tmp_path).read_text()
     section = md[md.index("## Training throughput"):]
-    assert "| mini | 40 | 2 | 0.52 | 0.825 [0.81-0.84] |\n" in section
-    assert "| mini | sit-softmax | 1 | 40 | 61.0 | 58.2 | 0.500 |" in section
-    assert "| mini | arflow-hybrid | 2 | 40 | 61.0 | 99.0 | 0.610 |" in section
+    # the allocator column: rows without `host_allocator` ran under glibc's own thresholds
+    assert "| mini | 40 | 2 | 0.52 | glibc | 0.825 [0.81-0.84] |\n" in section
+    assert "| mini | sit-softmax | 1 | 40 | 61.0 | 58.2 | 0.500 | glibc |" in section
+    assert "| mini | arflow-hybrid | 2 | 40 | 61.0 | 99.0 | 0.610 | tuned |" in section
     assert "Benchmark: training" not in md  # not the raw table any more
 
 
