@@ -35,6 +35,9 @@ TRIM_THRESHOLD = 2**30
 #: extra heap requested from the kernel whenever the heap grows (fewer brk calls)
 TOP_PAD = 64 * 2**20
 
+#: how `state` (and so a row's ``env.host_allocator``) starts when the thresholds were set
+TUNED_PREFIX = "glibc mallopt"
+
 #: what `tune` did in this process ("not tuned" until it runs)
 state = "not tuned"
 
@@ -43,7 +46,7 @@ def tune() -> str:
     """Set glibc's malloc thresholds for tensor-sized blocks (see the module docstring); idempotent.
     Returns and records in `state` what was done, or why nothing was."""
     global state
-    if state.startswith("glibc"):
+    if state.startswith(TUNED_PREFIX):
         return state
     if os.environ.get(ENV, "").strip().lower() == "default":
         state = f"default ({ENV}=default)"
@@ -57,7 +60,7 @@ def tune() -> str:
     if not all(libc.mallopt(param, value) == 1 for param, value in settings):
         state = "default (mallopt refused)"
         return state
-    state = (f"glibc mallopt: mmap threshold {MMAP_THRESHOLD // 2**20} MiB, trim threshold "
+    state = (f"{TUNED_PREFIX}: mmap threshold {MMAP_THRESHOLD // 2**20} MiB, trim threshold "
              f"{TRIM_THRESHOLD // 2**20} MiB, top pad {TOP_PAD // 2**20} MiB")
     return state
 
@@ -65,7 +68,7 @@ def tune() -> str:
 def short(recorded: str | None) -> str:
     """A row's ``env.host_allocator`` in one word for tables: "tuned", or "glibc" for glibc's own
     thresholds (rows written before this module existed record nothing: glibc's own too)."""
-    return "tuned" if recorded and recorded.startswith("glibc mallopt") else "glibc"
+    return "tuned" if recorded and recorded.startswith(TUNED_PREFIX) else "glibc"
 
 
 def _glibc() -> ctypes.CDLL | None:

@@ -29,8 +29,7 @@ def _ratio_table(df: pd.DataFrame) -> pd.DataFrame:
         if pd.notna(r.get("threads")):  # rows before the bench recorded them have neither
             rec |= {"threads": str(int(r["threads"])),
                     "load (1 min)": _fmt(r.get("load_avg_1m"), ".2f")}
-        if "host_allocator" in r:  # `allocator.short` of the row's environment
-            rec["allocator"] = r["host_allocator"]
+        rec["allocator"] = r["host_allocator"]  # `allocator.short` of the row's environment
         rec["ARFlow-hybrid / SiT-softmax"] = (_fmt(r["ratio_median"], ".3f")
                                               + _range(r.get("ratio_p20_p80")))
         out.append(rec)

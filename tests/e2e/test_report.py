@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from arflowbench import paper, report
+from arflowbench import allocator, paper, report
 from arflowbench.results import append_row
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -272,7 +272,7 @@ def test_sampling_bench_rows_become_ratio_step_tables_and_a_plot(tmp_path: Path)
 
     d = tmp_path / "results"
     common = {"flavor": "mini", "sampler": "sde", "steps": 250, "cfg_scale": 1.5, "batch": 2}
-    tuned = {"host_allocator": "glibc mallopt: mmap threshold 32 MiB"}  # `allocator.state`
+    tuned = {"host_allocator": f"{allocator.TUNED_PREFIX}: mmap threshold 32 MiB"}
     append(d / "bench.jsonl", BenchRecord(bench="sampling", env=tuned, values={
         **common, "measure": "sampling_ratio", "variant": "arflow-hybrid/sit-softmax",
         "ratio_median": 1.08, "ratio_p20_p80": [1.02, 1.11], "target": 1.15}))
@@ -302,7 +302,7 @@ def test_training_bench_rows_become_a_throughput_section_with_ratios(tmp_path: P
     append(d / "bench.jsonl", BenchRecord(bench="training", env={"torch_threads": 1}, values={
         **common, "variant": "sit-softmax", "train_images_per_s": 58.24, "mfu": 0.5}))
     for variant, ips in (("sit-softmax", 120.0), ("arflow-hybrid", 99.0)):
-        env = {"host_allocator": "glibc mallopt: mmap threshold 32 MiB"}  # `allocator.state`
+        env = {"host_allocator": f"{allocator.TUNED_PREFIX}: mmap threshold 32 MiB"}
         append(d / "bench.jsonl", BenchRecord(bench="training", env=env, values={
             **common, "variant": variant, "measure": "step", "threads": 2,
             "train_images_per_s": ips, "mfu": 0.61}))

@@ -50,7 +50,7 @@ glibc_only = pytest.mark.skipif(allocator._glibc() is None, reason="needs glibc 
 def test_a_tuned_process_reuses_freed_tensor_pages_instead_of_faulting_them_again() -> None:
     tuned = _rounds(**FAULTY_GLIBC, **{allocator.ENV: ""})
     default = _rounds(**FAULTY_GLIBC, **{allocator.ENV: "default"})
-    assert tuned["state"].startswith("glibc mallopt") and tuned["stamp"] == tuned["state"]
+    assert tuned["state"].startswith(allocator.TUNED_PREFIX) and tuned["stamp"] == tuned["state"]
     assert default["state"] == f"default ({allocator.ENV}=default)" == default["stamp"]
     # once the heap has grown to hold a round (new pages either way), a tuned process takes
     # almost no faults ...
