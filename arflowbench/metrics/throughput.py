@@ -7,13 +7,16 @@ for float32 with TF32 matmuls on, else float32; `matmul_dtype`). On a GPU listed
 little, and a measured peak makes MFU comparable across the machines a matrix runs on. Record
 the peak, its dtype and its source beside every MFU (`peak_flops`).
 
-``FlopCounterMode`` counts aten matmuls, convolutions and SDPA; custom kernels are invisible to
-it (fla's Triton cross-chunk term, mamba-ssm's selective scan, causal-conv1d, xformers'
-attention), so rows also say which ran (`uncounted_kernels`): their MFU is a lower bound.
+``FlopCounterMode`` counts aten matmuls, convolutions and SDPA's CUDA kernels; `count_flops` adds
+SDPA's CPU kernel (forward and backward), which torch's table leaves out (torch 2.14 counts it as
+0: every CPU attention FLOP was missing). Custom kernels are invisible to it (fla's Triton
+cross-chunk term, mamba-ssm's selective scan, causal-conv1d, xformers' attention), so rows also
+say which ran (`uncounted_kernels`): their MFU is a lower bound.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -127,10 +130,38 @@ def uncounted_kernels(implementation: str) -> list[str]:
     return [kernel for fragment, kernel in UNCOUNTED.items() if fragment in implementation]
 
 
+def _sdpa_flops(q: torch.Size, k: torch.Size, v: torch.Size, matmuls: int) -> int:
+    """2 * B * Hq * Lq * Lk * d per (Lq x d) @ (d x Lk)-sized product; q (B, Hq, Lq, dk),
+    k (B, Hkv, Lk, dk), v (B, Hkv, Lk, dv): `matmuls` such products, each over dk or dv (the
+    forward has one of each; the backward recomputes the scores (dk), then dP and dV (dv), dQ
+    and dK (dk): torch's own count for the CUDA kernels)."""
+    *lead, lq, dk = q
+    lk, dv = k[-2], v[-1]
+    per_head = 2 * lq * lk
+    widths = {2: dk + dv, 5: 3 * dk + 2 * dv}[matmuls]
+    return math.prod(lead) * per_head * widths
+
+
+def _sdpa_cpu_forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return _sdpa_flops(query, key, value, 2)
+
+
+def _sdpa_cpu_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return _sdpa_flops(query, key, value, 5)
+
+
+#: SDPA's CPU kernels, missing from torch's FLOP table (see the module docstring)
+CPU_SDPA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_forward,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward,
+}
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call of `fn` (forward and backward if it calls backward), as counted by
-    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention)."""
-    with FlopCounterMode(display=False) as counter:
+    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention), SDPA's CPU
+    kernel included (`CPU_SDPA_FLOPS`)."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
         fn()
     return int(counter.get_total_flops())
 

@@ -24,6 +24,20 @@ def test_count_flops_of_a_linear_layer_forward_and_backward():
     assert count_flops(lambda: layer(x).sum().backward()) == 3 * fwd
 
 
+def test_count_flops_sees_sdpa_on_cpu_forward_and_backward():
+    # torch's own table counts SDPA's CPU kernel as 0 FLOPs; the CPU kernel ran here (the op
+    # below is what dispatch chose), and its count is that of the same attention in matmuls
+    b, h, lq, lk, d = 2, 3, 8, 12, 16
+    q = torch.randn(b, h, lq, d, requires_grad=True)
+    k, v = (torch.randn(b, h, lk, d, requires_grad=True) for _ in range(2))
+    fwd = 2 * (2 * b * h * lq * lk * d)  # q k^T and p v
+    attend = torch.nn.functional.scaled_dot_product_attention
+    explicit = count_flops(lambda: (q @ k.transpose(-1, -2)).softmax(-1) @ v)
+    assert count_flops(lambda: attend(q, k, v)) == explicit == fwd
+    # backward as torch counts the flash kernels: scores recomputed, then dP, dV, dQ, dK
+    assert count_flops(lambda: attend(q, k, v).sum().backward()) == fwd + 5 * fwd // 2
+
+
 def test_mfu():
     assert mfu(25.0, 100.0) == pytest.approx(0.25)
     with pytest.raises(ConfigError, match="peak"):
