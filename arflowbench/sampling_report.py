@@ -32,6 +32,8 @@ def _ratio_table(df: pd.DataFrame) -> pd.DataFrame:
         rec["allocator"] = r["host_allocator"]  # `allocator.short` of the row's environment
         rec["ARFlow-hybrid / SiT-softmax"] = (_fmt(r["ratio_median"], ".3f")
                                               + _range(r.get("ratio_p20_p80")))
+        # the time ratio both would have at the same FLOP/s (rows before it was recorded: -)
+        rec["FLOPs ratio per step"] = _fmt(r.get("flops_ratio"), ".3f")
         out.append(rec)
     return pd.DataFrame(out).fillna(MISSING)
 
@@ -70,7 +72,9 @@ def sampling_blocks(df: pd.DataFrame, out_dir: Path, problems: list[str]) -> lis
     ratios = _ratio_table(ok)
     if len(ratios):
         blocks.append(("table", "Whole trajectory: time ARFlow-hybrid / SiT-softmax (median "
-                                "[p20-p80] over interleaved repeats)", ratios))
+                                "[p20-p80] over interleaved repeats), and the FLOPs of one "
+                                "step, ARFlow-hybrid / SiT-softmax (the time ratio at equal "
+                                "FLOP/s; matmuls and attention counted)", ratios))
     steps = ok[ok["measure"] == "step"].copy()
     if len(steps):
         steps["state_mb"] = pd.to_numeric(steps["state_bytes"], errors="coerce") / MB

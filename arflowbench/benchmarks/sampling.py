@@ -9,7 +9,13 @@ run on the same machine load:
    median(ARFlow) / median(SiT) against the target `RATIO_TARGET`.
 2. ``measure="step"``: one `DiT.step` at position k (the state already holds k - 1 images), for
    ARFlow-hybrid, ARFlow-softmax (KV cache) and, as the position-free reference, one SiT forward;
-   with the bytes of the state after that step (holding k images).
+   with the bytes of the state after that step (holding k images) and the step's FLOPs
+   (`count_flops`: matmuls and attention, elementwise work not counted).
+
+The ratio row also carries ``flops_ratio``: one ARFlow-hybrid step's FLOPs over one SiT step's
+(both position-free). It is the time ratio the pair would have if both ran at the same FLOP/s, so
+the part of the time ratio above it is the hybrid's lower efficiency (its norms, gates and small
+state matmuls), and a target below it asks the hybrid to run faster per FLOP than SiT.
 
 Models are freshly initialised: the cost of a step does not depend on the weights. Every row is
 appended at once to ``results_dir / BENCH_FILE``.
@@ -28,6 +34,7 @@ from arflowbench.benchmarks.timing import tensor_bytes, time_interleaved
 from arflowbench.config import AttentionSpec, ModelSpec
 from arflowbench.formulations.arflow import ARFlow
 from arflowbench.formulations.sit import SiT
+from arflowbench.metrics.throughput import count_flops
 from arflowbench.models.backbone import DiT
 from arflowbench.models.build import build_model
 from arflowbench.results import BENCH_FILE, BenchRecord, append, environment_stamp
@@ -122,10 +129,6 @@ def run_sampling_bench(
                implementation=models[name].attention_implementation, nfe=nfe[name],
                ms_per_nfe=t.median_ms / nfe[name], **t.as_dict())
     ratio = timings[pair[0]].median_ms / timings[pair[1]].median_ms
-    record(measure="sampling_ratio", variant=f"{pair[0]}/{pair[1]}", ratio_median=ratio,
-           ratio_p20_p80=[timings[pair[0]].p20_ms / timings[pair[1]].p80_ms,
-                          timings[pair[0]].p80_ms / timings[pair[1]].p20_ms],
-           target=RATIO_TARGET, within_target=ratio <= RATIO_TARGET, repeats=repeats)
 
     # -- 2. one step at position k, and the state it leaves --------------------------------------
     rows_b = 2 * batch if cfg_scale != 1.0 else batch  # guidance doubles the batch
@@ -142,6 +145,14 @@ def run_sampling_bench(
     def sit_call():
         return models["sit-softmax"](x[:, None], t[:, None], y)  # SiT: one image, no state
 
+    with torch.no_grad():  # hybrid's step and SiT's forward cost the same at every position
+        pair_flops = [count_flops(step_call(pair[0], states[pair[0]])), count_flops(sit_call)]
+    record(measure="sampling_ratio", variant=f"{pair[0]}/{pair[1]}", ratio_median=ratio,
+           ratio_p20_p80=[timings[pair[0]].p20_ms / timings[pair[1]].p80_ms,
+                          timings[pair[0]].p80_ms / timings[pair[1]].p20_ms],
+           flops_ratio=pair_flops[0] / pair_flops[1],
+           target=RATIO_TARGET, within_target=ratio <= RATIO_TARGET, repeats=repeats)
+
     held = 0  # images each state holds
     for k in sorted(set(positions)):
         with torch.no_grad():
@@ -152,10 +163,11 @@ def run_sampling_bench(
             calls = {n: step_call(n, states[n]) for n in ar} | {"sit-softmax": sit_call}
             step_t = time_interleaved(calls, warmup=warmup, repeats=step_repeats, device=device)
             after = {n: tensor_bytes(calls[n]()[1]) for n in ar}  # state holding k images
+            flops = {n: count_flops(call) for n, call in calls.items()}
         for n, timing in step_t.items():
             form, attn = VARIANTS[n]
             record(measure="step", variant=n, formulation=form, attention=attn, position=k,
-                   rows=rows_b, state_bytes=after.get(n), **timing.as_dict())
+                   rows=rows_b, state_bytes=after.get(n), flops=flops[n], **timing.as_dict())
     return rows
 
 
@@ -165,7 +177,8 @@ def summary(rows: Iterable[dict[str, Any]]) -> str:
     out = ["| variant | sampling median ms | p20 | p80 | NFE |", "|---|---|---|---|---|"]
     out += [f"| {r['variant']} | {r['median_ms']:.0f} | {r['p20_ms']:.0f} | {r['p80_ms']:.0f} | "
             f"{r['nfe']} |" for r in rows if r["measure"] == "sampling"]
-    out += [f"\nratio {r['variant']}: {r['ratio_median']:.3f} (target <= {r['target']})"
+    out += [f"\nratio {r['variant']}: {r['ratio_median']:.3f} (target <= {r['target']}; "
+            f"FLOPs per step {r['flops_ratio']:.3f}: the time ratio at equal FLOP/s)"
             for r in rows if r["measure"] == "sampling_ratio"]
     out += ["", "| variant | position | step median ms | p20 | p80 | state bytes |",
             "|---|---|---|---|---|---|"]

@@ -48,3 +48,13 @@ def test_sampling_bench_ratio_and_state_sizes(tmp_path):
     assert state[("arflow-hybrid", 1)] == state[("arflow-hybrid", 3)] > 0
     assert state[("arflow-softmax", 3)] == 3 * state[("arflow-softmax", 1)]
     assert state[("sit-softmax", 1)] is None
+    flops = {(r["variant"], r["position"]): r["flops"] for r in _by(rows, "step")}
+    # hybrid's step and SiT's forward cost the same at every position; softmax's grows with its
+    # cache; the ratio row's FLOPs ratio is hybrid's step over SiT's (hybrid does more: its gate
+    # projection and state matmuls)
+    assert flops[("arflow-hybrid", 1)] == flops[("arflow-hybrid", 3)]
+    assert flops[("sit-softmax", 1)] == flops[("sit-softmax", 3)] > 0
+    assert flops[("arflow-softmax", 3)] > flops[("arflow-softmax", 1)]
+    assert ratio["flops_ratio"] == pytest.approx(
+        flops[("arflow-hybrid", 1)] / flops[("sit-softmax", 1)])
+    assert ratio["flops_ratio"] > 1

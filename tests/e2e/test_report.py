@@ -275,7 +275,8 @@ def test_sampling_bench_rows_become_ratio_step_tables_and_a_plot(tmp_path: Path)
     tuned = {"host_allocator": f"{allocator.TUNED_PREFIX}: mmap threshold 32 MiB"}
     append(d / "bench.jsonl", BenchRecord(bench="sampling", env=tuned, values={
         **common, "measure": "sampling_ratio", "variant": "arflow-hybrid/sit-softmax",
-        "ratio_median": 1.08, "ratio_p20_p80": [1.02, 1.11], "target": 1.15}))
+        "ratio_median": 1.08, "ratio_p20_p80": [1.02, 1.11], "flops_ratio": 1.0412,
+        "target": 1.15}))
     for variant, per_pos in (("arflow-hybrid", lambda k: (20.0, 4.7e6)),
                              ("arflow-softmax", lambda k: (10.0 + k, 1e6 * k))):
         for k in (1, 50, 250):
@@ -285,7 +286,7 @@ def test_sampling_bench_rows_become_ratio_step_tables_and_a_plot(tmp_path: Path)
                 "median_ms": ms, "state_bytes": state}))
     md = report.write_report(d, tmp_path / "out", paper_dir=tmp_path).read_text()
     section = md[md.index("## Sampling cost"):]
-    assert "| mini | sde 250 steps | 1.5 | 2 | tuned | 1.080 [1.02-1.11] |\n" in section
+    assert "| mini | sde 250 steps | 1.5 | 2 | tuned | 1.080 [1.02-1.11] | 1.041 |\n" in section
     assert "target" not in section  # the bench's internal target is not a result
     assert "| mini | arflow-softmax | 11.0 ms, 1.0 MB | 60.0 ms, 50.0 MB | 260.0 ms, 250.0 MB |" \
         in section
