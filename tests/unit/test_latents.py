@@ -50,6 +50,17 @@ def make_images(root: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every encoding here at 1 thread, as torchrun's ranks run (OMP_NUM_THREADS=1): the VAE's
+    float results depend on the thread count, and the comparisons below are byte-for-byte (without
+    this the module passed only after some earlier test had left torch at 1 thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("latents")
