@@ -24,7 +24,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from arflowbench.benchmarks.timing import measure_peak_memory, tensor_bytes, time_interleaved
+from arflowbench.benchmarks.timing import (
+    measure_peak_memory,
+    tensor_bytes,
+    time_interleaved,
+    torch_threads,
+)
 from arflowbench.errors import ArflowbenchError, ConfigError
 from arflowbench.plugins import ATTENTION, availability_for
 from arflowbench.results import BENCH_FILE, BenchRecord, append, environment_stamp
@@ -107,14 +112,9 @@ def run_attention_bench(
     ``threads`` sets torch's intra-op threads for the sweep (restored after; recorded in the
     rows' env): 1 avoids spin-waiting thread pools on an oversubscribed machine.
     """
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _sweep(backends, S_values, N_values, modes, dim, heads, batch, repeats, warmup,
                       results_dir, device, progress, dtype, max_call_ms, max_memory_mb, seed)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _sweep(backends, S_values, N_values, modes, dim, heads, batch, repeats, warmup, results_dir,

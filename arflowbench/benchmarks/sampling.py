@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from arflowbench.benchmarks.timing import tensor_bytes, time_interleaved
+from arflowbench.benchmarks.timing import restores_threads, tensor_bytes, time_interleaved
 from arflowbench.config import AttentionSpec, ModelSpec
 from arflowbench.formulations.arflow import ARFlow
 from arflowbench.formulations.sit import SiT
@@ -60,6 +60,7 @@ def _model(attention: str, flavor: str, image_size: int, channels: int, patch_si
     return model.to(device).eval()
 
 
+@restores_threads
 def run_sampling_bench(
     results_dir: Path = Path("results"),
     steps: int = 250,
@@ -83,7 +84,8 @@ def run_sampling_bench(
 
     Defaults: Fashion-MNIST geometry (1x32x32, patch 4 = 64 tokens per image, the paper's
     ImageNet-128 sequence geometry), the debug flavor, batch 8 (16 rows with guidance).
-    `threads` sets torch's CPU threads for the run (None keeps the current setting).
+    `threads` sets torch's CPU threads for the run (None keeps the current setting; the
+    caller's setting is restored after).
     """
     if threads is not None:
         torch.set_num_threads(threads)

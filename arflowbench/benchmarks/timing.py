@@ -17,10 +17,12 @@ only moves when a call exceeds every earlier peak (then noted as such in `PeakMe
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import resource
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -198,3 +200,25 @@ def tensor_bytes(obj: Any) -> int:
 
     visit(obj)
     return total
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` (None: unchanged) inside the block, and restored
+    after it: a bench called as a function leaves its caller's setting as it found it."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def restores_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` may set torch's threads itself; its caller gets its own setting back afterwards."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch_threads(None):
+            return fn(*args, **kwargs)
+    return wrapper

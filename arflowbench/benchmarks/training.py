@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from arflowbench.benchmarks.timing import time_interleaved
+from arflowbench.benchmarks.timing import restores_threads, time_interleaved
 from arflowbench.config import AttentionSpec, ModelSpec, TrainSpec
 from arflowbench.errors import ConfigError
 from arflowbench.machine import configure_device
@@ -98,6 +98,7 @@ def _step_fn(form_name: str, att: str, flavor: str, ds, data, batch: int, patch:
     return step, flops, count_parameters(model), model
 
 
+@restores_threads
 def run_training_bench(flavors: Sequence[str] = ("debug",), variants: Sequence[str] =
                        DEFAULT_VARIANTS, *, dataset: str = "fashion-mnist", patch_size: int = 4,
                        batch: int = 40, repeats: int = 10, warmup: int = 2,

@@ -4,6 +4,7 @@ computed from their own timings."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from arflowbench.benchmarks.sampling import RATIO_TARGET, run_sampling_bench
 from arflowbench.benchmarks.training import HYBRID_SPEED_TARGET, run_training_bench
@@ -14,7 +15,17 @@ def _by(rows, measure):
     return [r for r in rows if r.get("measure") == measure]
 
 
-def test_training_bench_writes_a_ratio_row_from_its_interleaved_timings(tmp_path):
+@pytest.fixture
+def three_threads():
+    """The caller's torch setting (3 threads), which a bench run at 1 thread must give back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    assert torch.get_num_threads() == 3, "the bench left torch's thread count changed"
+    torch.set_num_threads(before)
+
+
+def test_training_bench_writes_a_ratio_row_from_its_interleaved_timings(tmp_path, three_threads):
     rows = run_training_bench(("debug",), dataset="digits", batch=10, repeats=2, warmup=0,
                               threads=1, results_dir=tmp_path, say=lambda *_: None)
     steps = {r["variant"]: r for r in _by(rows, "step")}
@@ -34,7 +45,7 @@ def test_training_bench_writes_a_ratio_row_from_its_interleaved_timings(tmp_path
     assert [r.values.get("measure") for r in stored.bench] == ["step", "step", "training_ratio"]
 
 
-def test_sampling_bench_ratio_and_state_sizes(tmp_path):
+def test_sampling_bench_ratio_and_state_sizes(tmp_path, three_threads):
     rows = run_sampling_bench(tmp_path, steps=3, batch=2, flavor="debug", positions=(1, 3),
                               repeats=1, step_repeats=1, warmup=0, threads=1)
     whole = {r["variant"]: r for r in _by(rows, "sampling")}
