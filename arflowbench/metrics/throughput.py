@@ -130,24 +130,21 @@ def uncounted_kernels(implementation: str) -> list[str]:
     return [kernel for fragment, kernel in UNCOUNTED.items() if fragment in implementation]
 
 
-def _sdpa_flops(q: torch.Size, k: torch.Size, v: torch.Size, matmuls: int) -> int:
-    """2 * B * Hq * Lq * Lk * d per (Lq x d) @ (d x Lk)-sized product; q (B, Hq, Lq, dk),
-    k (B, Hkv, Lk, dk), v (B, Hkv, Lk, dv): `matmuls` such products, each over dk or dv (the
-    forward has one of each; the backward recomputes the scores (dk), then dP and dV (dv), dQ
-    and dK (dk): torch's own count for the CUDA kernels)."""
+def _sdpa_flops(q: torch.Size, k: torch.Size, v: torch.Size, over_dk: int, over_dv: int) -> int:
+    """2 * B * Hq * Lq * Lk * d per (Lq x Lk)-sized product over width d; q (B, Hq, Lq, dk),
+    k (B, Hkv, Lk, dk), v (B, Hkv, Lk, dv): `over_dk` products over dk and `over_dv` over dv."""
     *lead, lq, dk = q
     lk, dv = k[-2], v[-1]
-    per_head = 2 * lq * lk
-    widths = {2: dk + dv, 5: 3 * dk + 2 * dv}[matmuls]
-    return math.prod(lead) * per_head * widths
+    return math.prod(lead) * 2 * lq * lk * (over_dk * dk + over_dv * dv)
 
 
 def _sdpa_cpu_forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return _sdpa_flops(query, key, value, 2)
+    return _sdpa_flops(query, key, value, over_dk=1, over_dv=1)  # scores, then p v
 
 
 def _sdpa_cpu_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return _sdpa_flops(query, key, value, 5)
+    # torch's own count for its CUDA kernels: scores recomputed, dQ, dK (dk); dP, dV (dv)
+    return _sdpa_flops(query, key, value, over_dk=3, over_dv=2)
 
 
 #: SDPA's CPU kernels, missing from torch's FLOP table (see the module docstring)
