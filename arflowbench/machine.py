@@ -4,6 +4,7 @@
 - `synchronize`: wait for queued GPU work before reading a clock (no-op on CPU).
 - `process_peak_memory_mb`: the process's peak memory so far (CUDA allocator peak, else peak RSS).
 - `configure_device`: TF32 matmuls and convolutions for CUDA targets (never touched for CPU).
+- `torch_threads`: torch's intra-op threads set inside a block and restored after it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import platform
 import resource
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,20 @@ def synchronize(device: str | torch.device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` (None: unchanged) inside the block, and restored
+    after it: a function called from a library or a test leaves its caller's setting as it was."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def configure_device(device: str | torch.device) -> None:

@@ -8,6 +8,7 @@ import torch
 from arflowbench.config import AttentionSpec, ModelSpec
 from arflowbench.data.base import ImageSet
 from arflowbench.data.digits import Digits
+from arflowbench.machine import torch_threads
 from arflowbench.metrics.base import CACHE_ENV
 from arflowbench.models.backbone import DiT
 from arflowbench.models.build import build_model
@@ -68,10 +69,8 @@ def debug_model() -> DiT:
 def single_thread():
     """Run a test of many tiny ops on one intra-op thread: on a shared 2-core machine two
     OpenMP threads mostly wait for each other (measured 30x slower steps under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 

@@ -24,13 +24,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from arflowbench.benchmarks.timing import (
-    measure_peak_memory,
-    tensor_bytes,
-    time_interleaved,
-    torch_threads,
-)
+from arflowbench.benchmarks.timing import measure_peak_memory, tensor_bytes, time_interleaved
 from arflowbench.errors import ArflowbenchError, ConfigError
+from arflowbench.machine import torch_threads
 from arflowbench.plugins import ATTENTION, availability_for
 from arflowbench.results import BENCH_FILE, BenchRecord, append, environment_stamp
 

@@ -21,8 +21,7 @@ import functools
 import gc
 import resource
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from arflowbench.machine import synchronize
+from arflowbench.machine import synchronize, torch_threads
 
 MB = 1024.0**2
 
@@ -200,19 +199,6 @@ def tensor_bytes(obj: Any) -> int:
 
     visit(obj)
     return total
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` (None: unchanged) inside the block, and restored
-    after it: a bench called as a function leaves its caller's setting as it found it."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def restores_threads(fn: Callable[..., Any]) -> Callable[..., Any]:

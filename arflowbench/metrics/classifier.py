@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from arflowbench.machine import torch_threads
 from arflowbench.metrics.base import (
     FeatureWeightsError,
     atomic_write,
@@ -124,15 +125,8 @@ def predict(model: SmallCNN, images: torch.Tensor, batch_size: int = 512) -> tor
 def _single_thread(device: str | torch.device) -> Iterator[None]:
     """One CPU thread while training: the weights then do not depend on the core count, and
     these small convolutions gain little from threads (and lose much on a busy machine)."""
-    if torch.device(device).type != "cpu":
+    with torch_threads(1 if torch.device(device).type == "cpu" else None):
         yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train(images: torch.Tensor, labels: torch.Tensor, num_classes: int,

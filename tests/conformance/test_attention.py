@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from arflowbench.errors import PluginUnavailableError
+from arflowbench.machine import torch_threads
 from arflowbench.plugins import ATTENTION, availability_for
 
 DIM, HEADS, CHUNK, CHUNKS, BATCH = 64, 4, 8, 8, 2
@@ -22,10 +23,8 @@ TOL = 1e-5
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """These tensors are tiny: on a busy 2-core box extra intra-op threads only add waiting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def _cases() -> list:

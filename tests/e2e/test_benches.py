@@ -8,6 +8,7 @@ import torch
 
 from arflowbench.benchmarks.sampling import RATIO_TARGET, run_sampling_bench
 from arflowbench.benchmarks.training import HYBRID_SPEED_TARGET, run_training_bench
+from arflowbench.machine import torch_threads
 from arflowbench.results import BENCH_FILE, load
 
 
@@ -18,11 +19,9 @@ def _by(rows, measure):
 @pytest.fixture
 def three_threads():
     """The caller's torch setting (3 threads), which a bench run at 1 thread must give back."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    yield
-    assert torch.get_num_threads() == 3, "the bench left torch's thread count changed"
-    torch.set_num_threads(before)
+    with torch_threads(3):
+        yield
+        assert torch.get_num_threads() == 3, "the bench left torch's thread count changed"
 
 
 def test_training_bench_writes_a_ratio_row_from_its_interleaved_timings(tmp_path, three_threads):

@@ -19,6 +19,7 @@ from arflowbench.data.digits import Digits
 from arflowbench.errors import ConfigError
 from arflowbench.formulations.arflow import ARFlow, ARFlowField
 from arflowbench.formulations.samplers import SAMPLERS
+from arflowbench.machine import torch_threads
 from arflowbench.models.backbone import DiT
 from arflowbench.models.build import build_model
 
@@ -30,10 +31,8 @@ TOKENS = (8 // PATCH) ** 2  # N tokens per 8x8 digit = one chunk
 def one_thread():
     # These models are tiny: one thread avoids thread start-up and contention costs that dominate
     # on a shared 2-core machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

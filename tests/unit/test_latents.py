@@ -19,6 +19,7 @@ from arflowbench.errors import DataError  # noqa: E402
 from arflowbench.latents import prepare  # noqa: E402
 from arflowbench.latents.cache import LatentCache  # noqa: E402
 from arflowbench.latents.images import adm_center_crop  # noqa: E402
+from arflowbench.machine import torch_threads  # noqa: E402
 from arflowbench.metrics.evaluate import check_samples  # noqa: E402
 
 SIZE = 32  # pixels; the tiny VAE has 4 blocks (factor 8): latents (4, 4, 4)
@@ -55,10 +56,8 @@ def one_thread():
     """Every encoding here at 1 thread, as torchrun's ranks run (OMP_NUM_THREADS=1): the VAE's
     float results depend on the thread count, and the comparisons below are byte-for-byte (without
     this the module passed only after some earlier test had left torch at 1 thread)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
